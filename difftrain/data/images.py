@@ -1,0 +1,123 @@
+"""Images: decoded and resized ONCE into a cached 🤗 dataset of raw uint8 pixels; cropping, flipping and
+scaling to [-1, 1] happen on the batch, on the training device, from the global (checkpointed) RNG."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import UserError
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+
+
+def open_image(value) -> Image.Image:
+    """A PIL image from what a dataset column holds: an undecoded {bytes, path}, a PIL image or an array."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, dict):
+        name = value.get("path") or "<in-memory image>"
+        try:
+            img = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+            img.load()
+            return img
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise UserError(f"cannot read image {name} ({e.__class__.__name__}); remove or replace that file.") from None
+    raise UserError(f"image column holds {type(value).__name__}, not images; choose another --image_column.")
+
+
+def choose_mode(img: Image.Image, image_mode: str) -> str:
+    if image_mode != "auto":
+        return image_mode
+    return "L" if img.mode in GRAY_MODES else "RGB"
+
+
+def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_crop: bool) -> np.ndarray:
+    """HWC uint8: shorter side → `resolution` (bilinear, like diffusers' scripts), centre-cropped if asked.
+    Without center_crop a non-square image keeps its long side; the batch takes a random crop."""
+    img = img.convert(mode)
+    w, h = img.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    if size != (w, h):
+        img = img.resize(size, Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if center_crop:
+        top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+        arr = arr[top : top + resolution, left : left + resolution]
+    return np.ascontiguousarray(arr)
+
+
+def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str,
+                   keep_columns=()):
+    """Decode + resize every image once (🤗 datasets caches the result beside the source) and return
+    a dataset whose items are {"pixels": uint8 CHW array, *keep_columns}."""
+    import datasets
+
+    if len(ds) == 0:
+        raise UserError("the dataset is empty; check --dataset_name/--train_data_dir, --split and --max_train_samples.")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(
+        ds.features[image_column], datasets.Image) else ds
+    mode = choose_mode(open_image(ds[0][image_column]), image_mode)
+
+    def decode_batch(batch):
+        arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop) for v in batch[image_column]]
+        return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
+
+    drop = [c for c in ds.column_names if c not in keep_columns]
+    ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=drop,
+                desc=f"Decoding images at {resolution}px (once; cached)")
+    return ds.with_transform(_to_arrays)
+
+
+def _to_arrays(batch):
+    pixels = [np.frombuffer(b, dtype=np.uint8).reshape(shape).transpose(2, 0, 1)
+              for b, shape in zip(batch["pixels"], batch["shape"])]
+    return {**{k: v for k, v in batch.items() if k not in ("pixels", "shape")}, "pixels": pixels}
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack uint8 pixels (a list when sizes differ: the batch crop makes them equal); other keys as lists."""
+    pixels = [torch.from_numpy(np.array(e["pixels"])) for e in examples]
+    same = all(p.shape == pixels[0].shape for p in pixels)
+    batch = {"pixels": torch.stack(pixels) if same else pixels}
+    for key in examples[0]:
+        if key != "pixels":
+            values = [e[key] for e in examples]
+            batch[key] = torch.tensor(values) if isinstance(values[0], (int, float)) else values
+    return batch
+
+
+def to_model_range(pixels_u8: torch.Tensor) -> torch.Tensor:
+    return pixels_u8.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] → [0, 255] by (x + 1) * 127.5, rounded; out-of-range values saturate at the end only."""
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def augment(pixels, resolution: int, *, random_flip: bool, device=None) -> torch.Tensor:
+    """uint8 batch (tensor or list of differently sized CHW tensors) → float [-1, 1] at `resolution`,
+    random-cropped where larger and flipped at random, all from the global torch RNG."""
+    if isinstance(pixels, torch.Tensor) and pixels.shape[-2:] == (resolution, resolution):
+        batch = pixels
+    else:
+        crops = []
+        for p in pixels:
+            top = int(torch.randint(0, p.shape[-2] - resolution + 1, ()))
+            left = int(torch.randint(0, p.shape[-1] - resolution + 1, ()))
+            crops.append(p[..., top : top + resolution, left : left + resolution])
+        batch = torch.stack(crops)
+    batch = to_model_range(batch.to(device) if device is not None else batch)
+    if random_flip:
+        flip = torch.rand(batch.shape[0]) < 0.5
+        batch = torch.where(flip.to(batch.device)[:, None, None, None], batch.flip(-1), batch)
+    return batch

@@ -1,0 +1,72 @@
+"""Push a trained pipeline folder to the Hugging Face Hub, with a model card, in the background."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+# Never uploaded: resumable state, trackers' files, half-written checkpoints, local samples other than the card's.
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial*"]
+
+
+def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid: str | None) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    dataset = cfg.train_data_dir or cfg.dataset_name
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"],
+        datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
+        base_model=cfg.pretrained_model_name_or_path or None,
+    )
+    picture = f"\n![samples]({grid})\n" if grid else ""
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {repo_id}
+
+A `{pipeline_class}` trained with difftrain on **{dataset}**
+at {cfg.resolution}px for {global_step} optimizer steps (batch {cfg.train_batch_size} per device,
+gradient accumulation {cfg.gradient_accumulation_steps}, learning rate {cfg.learning_rate},
+prediction type `{cfg.prediction_type}`, EMA {'on' if cfg.use_ema else 'off'}).
+{picture}
+## How to use
+
+```python
+from diffusers import DiffusionPipeline
+
+pipeline = DiffusionPipeline.from_pretrained("{repo_id}")
+images = pipeline(batch_size=4, num_inference_steps=50).images
+```
+
+The full training configuration is in `training_config.yaml`.
+"""
+    return ModelCard(content).content
+
+
+def push_folder(api, folder, *, repo_id: str, token: str | None, private: bool, card: str,
+                commit_message: str):
+    """Create the repo if needed, write README.md, and start the upload; returns a Future."""
+    api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+    (Path(folder) / "README.md").write_text(card)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message,
+        ignore_patterns=IGNORE_PATTERNS, run_as_future=True,
+    )
+
+
+def default_repo_id(cfg) -> str:
+    return cfg.hub_model_id or Path(cfg.output_dir).resolve().name
+
+
+def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str):
+    """Card + upload of the pipeline folder (never checkpoints or logs); returns the upload's Future."""
+    repo_id = default_repo_id(cfg)
+    grids = sorted(Path(folder, "samples").glob("step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    card = model_card(cfg, repo_id=repo_id, global_step=step, pipeline_class=pipeline_class,
+                      grid=grids[-1].relative_to(folder).as_posix() if grids else None)
+    return push_folder(HfApi(token=cfg.hub_token), folder, repo_id=repo_id, token=cfg.hub_token,
+                       private=cfg.hub_private_repo, card=card, commit_message=f"difftrain: step {step}")

@@ -1,0 +1,86 @@
+"""Build or load the networks and the training noise scheduler."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+
+from diffusers import DDPMScheduler, UNet2DModel
+
+from .errors import UserError
+
+
+def downsampling_factor(unet_config) -> int:
+    return 2 ** (len(unet_config["block_out_channels"]) - 1)
+
+
+def check_resolution(resolution: int, unet_config) -> None:
+    factor = downsampling_factor(unet_config)
+    if resolution % factor:
+        fixed = max(factor, round(resolution / factor) * factor)
+        raise UserError(
+            f"--resolution {resolution} is not divisible by {factor}, the UNet's downsampling factor "
+            f"({len(unet_config['block_out_channels'])} blocks); use --resolution {fixed} or fewer blocks."
+        )
+
+
+def _check_keys(model_cls, kwargs: dict, where: str) -> None:
+    valid = set(inspect.signature(model_cls.__init__).parameters) - {"self"}
+    for key in kwargs:
+        if key not in valid and not key.startswith("_"):
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"{where}: '{key}' is not a {model_cls.__name__} argument.{hint}")
+
+
+def load_model_config(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--model_config_name_or_path {path}: no such file or folder.")
+    try:
+        return dict(UNet2DModel.load_config(str(p / "unet") if (p / "unet" / "config.json").is_file() else str(p)))
+    except Exception as e:
+        raise UserError(f"--model_config_name_or_path {path}: not a UNet config ({str(e).splitlines()[0]}).") from None
+
+
+def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNet2DModel, **extra):
+    """A fresh UNet from config arguments; size and channels come from the data."""
+    config = {k: v for k, v in unet_args.items() if not k.startswith("_")}
+    _check_keys(model_cls, config, "unet")
+    check_resolution(resolution, config | {"block_out_channels": config.get("block_out_channels", (1,) * 4)})
+    for key, value in (("sample_size", resolution), ("in_channels", channels), ("out_channels", channels)):
+        if config.get(key, value) != value:
+            raise UserError(f"unet.{key} is {config[key]} but the data gives {value}; drop it from the config.")
+        config[key] = value
+    return model_cls(**config, **extra)
+
+
+def load_pretrained_unet(path: str, model_cls=UNet2DModel):
+    try:
+        return model_cls.from_pretrained(path, subfolder="unet")
+    except Exception as e:
+        raise UserError(
+            f"--pretrained_model_name_or_path {path}: cannot load unet/ ({str(e).splitlines()[0]})."
+        ) from None
+
+
+def noise_scheduler_for(cfg) -> DDPMScheduler:
+    """The training scheduler: the pretrained one when continuing (its betas), else built from the flags.
+    An explicit --prediction_type always wins; it is written into the saved scheduler config."""
+    if cfg.pretrained_model_name_or_path:
+        try:
+            scheduler = DDPMScheduler.from_pretrained(cfg.pretrained_model_name_or_path, subfolder="scheduler")
+        except Exception as e:
+            raise UserError(
+                f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path}: cannot load scheduler/ "
+                f"({str(e).splitlines()[0]})."
+            ) from None
+        if cfg.prediction_type is not None:
+            scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=cfg.prediction_type)
+        return scheduler
+    return DDPMScheduler(
+        num_train_timesteps=cfg.ddpm_num_steps,
+        beta_schedule=cfg.ddpm_beta_schedule,
+        prediction_type=cfg.prediction_type or "epsilon",
+    )

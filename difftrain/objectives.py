@@ -1,0 +1,81 @@
+"""Training objectives as pure functions of (x0, noise, t, alphas_cumprod): checkable by formula.
+
+`DiffusionObjective` is the one small object the training loop calls: it draws noise and timesteps,
+asks the network for a prediction, and returns the weighted loss.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _gather(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    a = alphas_cumprod.to(device=like.device, dtype=torch.float32)[t]
+    return a.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def add_noise(x0, noise, alphas_cumprod, t):
+    """x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε"""
+    a = _gather(alphas_cumprod, t, x0)
+    return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
+
+
+def target(prediction_type: str, x0, noise, alphas_cumprod, t):
+    """What the network should output: ε, v = √ᾱ·ε − √(1−ᾱ)·x0, or x0."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        a = _gather(alphas_cumprod, t, x0)
+        return (a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()).to(x0.dtype)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; one of {PREDICTION_TYPES}")
+
+
+def snr(alphas_cumprod, t):
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t)."""
+    a = alphas_cumprod.to(torch.float64)[t]
+    return (a / (1 - a)).float()
+
+
+def min_snr_weight(snr_t, gamma: float, prediction_type: str):
+    """Min-SNR-γ (Hang et al. 2023) for the loss in each parameterisation: the ε-loss weight min(SNR, γ)/SNR
+    becomes min(SNR, γ)/(SNR + 1) for v and min(SNR, γ) for x0, since ‖v̂−v‖² = (SNR+1)‖ε̂−ε‖²
+    and ‖x̂0−x0‖² = ‖ε̂−ε‖²/SNR."""
+    clipped = torch.minimum(snr_t, torch.full_like(snr_t, gamma))
+    if prediction_type == "epsilon":
+        return clipped / snr_t
+    if prediction_type == "v_prediction":
+        return clipped / (snr_t + 1)
+    if prediction_type == "sample":
+        return clipped
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; one of {PREDICTION_TYPES}")
+
+
+class DiffusionObjective:
+    """Discrete-time DDPM training: uniform t, a target per prediction type, optional min-SNR weights."""
+
+    def __init__(self, noise_scheduler, prediction_type: str, snr_gamma: float | None = None):
+        self.alphas_cumprod = noise_scheduler.alphas_cumprod.clone()
+        self.num_timesteps = noise_scheduler.config.num_train_timesteps
+        self.prediction_type = prediction_type
+        self.snr_gamma = snr_gamma
+
+    def loss(self, predict: Callable, x0: torch.Tensor) -> torch.Tensor:
+        """predict(x_t, t) → network output; returns the mean weighted MSE."""
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        prediction = predict(add_noise(x0, noise, self.alphas_cumprod, t), t)
+        per_sample = F.mse_loss(
+            prediction.float(), target(self.prediction_type, x0, noise, self.alphas_cumprod, t).float(),
+            reduction="none",
+        ).mean(dim=tuple(range(1, x0.ndim)))
+        if self.snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(snr(self.alphas_cumprod, t.cpu()), self.snr_gamma,
+                                                     self.prediction_type).to(per_sample.device)
+        return per_sample.mean()

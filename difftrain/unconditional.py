@@ -1,0 +1,48 @@
+"""The unconditional recipe: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline."""
+
+from __future__ import annotations
+
+from diffusers import DDPMPipeline, UNet2DModel
+
+from .data import augment, load_training_images
+from .models import build_unet, check_resolution, load_model_config, load_pretrained_unet, noise_scheduler_for
+from .objectives import DiffusionObjective
+from .pipelines import sample_grid
+from .trainer import Recipe
+
+DATA_SHAPE_KEYS = ("sample_size", "in_channels", "out_channels")
+
+
+def make_unet(cfg, channels: int) -> UNet2DModel:
+    if cfg.pretrained_model_name_or_path:
+        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path)
+        check_resolution(cfg.resolution, unet.config)
+        return unet
+    if cfg.model_config_name_or_path:  # the file's architecture; size and channels still come from the data
+        args = {k: v for k, v in load_model_config(cfg.model_config_name_or_path).items() if k not in DATA_SHAPE_KEYS}
+    else:
+        args = cfg.unet
+    return build_unet(args, resolution=cfg.resolution, channels=channels)
+
+
+def build_recipe(cfg, accelerator) -> Recipe:
+    with accelerator.main_process_first():  # rank 0 decodes and caches; the others then read the cache
+        dataset = load_training_images(cfg)
+    unet = make_unet(cfg, channels=dataset[0]["pixels"].shape[0])
+    scheduler = noise_scheduler_for(cfg)
+    cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
+    objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma)
+
+    def loss(model, batch):
+        x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)
+        return objective.loss(lambda x, t: model(x, t).sample, x0)
+
+    return Recipe(
+        model=unet,
+        dataset=dataset,
+        loss=loss,
+        save_pipeline=lambda model, folder: DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder),
+        sample_grid=lambda model: sample_grid(model, scheduler.config, num_images=cfg.eval_batch_size,
+                                              steps=cfg.validation_inference_steps, seed=0),
+        pipeline_class="DDPMPipeline",
+    )

@@ -33,8 +33,8 @@ def _mnist_unet() -> dict:
     return {
         "block_out_channels": [32, 64, 64],
         "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],  # attention at 8x8 only
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
         "norm_num_groups": 16,
         "attention_head_dim": 32,
     }

@@ -1,0 +1,72 @@
+"""Shared fixtures: offline, one datasets cache per session, fresh Accelerate state per test."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """Built-in datasets are written once per session (not into the user's ~/.cache)."""
+    cache = tmp_path_factory.mktemp("hf-datasets")
+    os.environ["HF_DATASETS_CACHE"] = str(cache)
+    import datasets.config
+
+    datasets.config.HF_DATASETS_CACHE = Path(cache)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run_script(module, argv) -> int:
+    """Run a script's main in-process, as `python script.py argv` would (UserError → exit code 2)."""
+    from difftrain.cli import run
+
+    return run(module.main, [str(a) for a in argv])
+
+
+@pytest.fixture
+def train_unconditional():
+    import train_unconditional as script
+
+    def train(*argv):
+        return run_script(script, argv)
+
+    return train
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: bytes} of every file under folder: to prove an error left it as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def red_circle(size: int = 32) -> np.ndarray:
+    """HWC uint8: a red disc on white, the single-image overfit target."""
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    inside = (yy - c) ** 2 + (xx - c) ** 2 <= (size * 0.3) ** 2
+    img = np.full((size, size, 3), 255, np.uint8)
+    img[inside] = (220, 20, 20)
+    return img
+
+
+def psnr(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))

@@ -1,0 +1,81 @@
+import gzip
+import pickle
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from difftrain.data import builtin, sources
+from difftrain.errors import UserError
+
+
+def test_builtin_mnist_is_the_package_file():
+    ds = builtin.load_builtin("mnist", "train")
+    assert len(ds) == 50_000 and ds.features["label"].names == [str(d) for d in range(10)]
+    spec_dir = __import__("importlib").util.find_spec("mnist").submodule_search_locations[0]
+    with gzip.open(f"{spec_dir}/data/mnist.pkl.gz") as f:
+        (x, y), _, _ = pickle.load(f, encoding="latin1")
+    for i in (0, 12345, 49_999):
+        row = ds[i]
+        assert row["label"] == y[i]
+        assert np.array_equal(np.asarray(row["image"]), (x[i].reshape(28, 28) * 256).astype(np.uint8))
+    assert len(builtin.load_builtin("mnist", "test")) == 10_000
+
+
+def test_builtin_unknown_split():
+    with pytest.raises(UserError, match="splits train, validation, test"):
+        builtin.load_builtin("mnist", "dev")
+
+
+@pytest.mark.skipif(not builtin.FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_builtin_fashion_mnist():
+    ds = builtin.load_builtin("fashion_mnist", "test")
+    assert len(ds) == 10_000 and ds.features["label"].names[7] == "sneaker"
+    assert np.asarray(ds[0]["image"]).shape == (28, 28)
+
+
+def test_fashion_mnist_missing_gives_the_install_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        builtin.load_builtin("fashion_mnist", "train", cache_dir=str(tmp_path))
+
+
+def test_unknown_hub_id_offline_names_the_builtins():
+    with pytest.raises(UserError, match="could not load dataset 'nobody/no-such-dataset'.*mnist.*fashion_mnist"):
+        sources.load_source("nobody/no-such-dataset", None)
+
+
+def test_save_to_disk_folder_and_its_splits(tmp_path):
+    img = Image.fromarray(np.zeros((8, 8), np.uint8))
+    feats = datasets.Features(picture=datasets.Image(), n=datasets.Value("int32"))
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict({"picture": [img] * 3, "n": [1, 2, 3]}, features=feats))
+    dd.save_to_disk(str(tmp_path / "saved"))
+    ds = sources.load_source(str(tmp_path / "saved"), None)
+    assert len(ds) == 3
+    assert sources.find_image_column(ds, None) == "picture"
+    with pytest.raises(UserError, match="has splits train"):
+        sources.load_source(str(tmp_path / "saved"), None, split="test")
+
+
+def test_missing_image_column_lists_the_columns(tmp_path):
+    ds = datasets.Dataset.from_dict({"text": ["a"], "n": [1]})
+    with pytest.raises(UserError, match="no image column.*text, n"):
+        sources.find_image_column(ds, None)
+    with pytest.raises(UserError, match="--image_column 'img' not in the dataset; its columns are: text, n"):
+        sources.find_image_column(ds, "img")
+
+
+def test_image_folder(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((10, 12, 3), i * 40, np.uint8)).save(tmp_path / f"{i}.png")
+    ds = sources.load_source(None, str(tmp_path))
+    assert len(ds) == 3 and sources.find_image_column(ds, None) == "image"
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        sources.load_source(None, str(tmp_path / "absent"))
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(UserError, match="holds no images"):
+        sources.load_source(None, str(tmp_path))

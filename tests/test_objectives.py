@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
+
+from difftrain import objectives
+
+T = 1000
+STEPS = torch.tensor([0, 499, T - 1])
+
+
+@pytest.fixture
+def scheduler():
+    return DDPMScheduler(num_train_timesteps=T)
+
+
+@pytest.fixture
+def x0_noise():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+
+
+def test_add_noise_by_formula(scheduler, x0_noise):
+    x0, noise = x0_noise
+    a = scheduler.alphas_cumprod
+    got = objectives.add_noise(x0, noise, a, STEPS)
+    for i, t in enumerate(STEPS.tolist()):
+        want = math.sqrt(a[t]) * x0[i] + math.sqrt(1 - a[t]) * noise[i]
+        assert torch.allclose(got[i], want, atol=1e-6)
+    assert torch.allclose(got, scheduler.add_noise(x0, noise, STEPS), atol=1e-6)
+
+
+def test_targets_by_formula(scheduler, x0_noise):
+    x0, noise = x0_noise
+    a = scheduler.alphas_cumprod
+    assert torch.equal(objectives.target("epsilon", x0, noise, a, STEPS), noise)
+    assert torch.equal(objectives.target("sample", x0, noise, a, STEPS), x0)
+    v = objectives.target("v_prediction", x0, noise, a, STEPS)
+    for i, t in enumerate(STEPS.tolist()):
+        assert torch.allclose(v[i], math.sqrt(a[t]) * noise[i] - math.sqrt(1 - a[t]) * x0[i], atol=1e-6)
+    assert torch.allclose(v, scheduler.get_velocity(x0, noise, STEPS), atol=1e-6)
+    # at t = 0 nearly all signal: v ≈ ε; at t = T-1 nearly all noise: v ≈ -x0
+    assert torch.allclose(v[0], noise[0], atol=0.05) and torch.allclose(v[2], -x0[2], atol=0.05)
+
+
+def test_snr_matches_diffusers(scheduler):
+    assert torch.allclose(objectives.snr(scheduler.alphas_cumprod, STEPS), compute_snr(scheduler, STEPS), rtol=1e-5)
+
+
+def test_min_snr_weights_by_formula(scheduler):
+    snr = objectives.snr(scheduler.alphas_cumprod, STEPS)  # t=0: ~1e4, t=499: ~0.09, t=T-1: ~4e-5
+    gamma = 5.0
+    eps = objectives.min_snr_weight(snr, gamma, "epsilon")
+    v = objectives.min_snr_weight(snr, gamma, "v_prediction")
+    x0 = objectives.min_snr_weight(snr, gamma, "sample")
+    for i in range(3):
+        s = snr[i].item()
+        assert eps[i].item() == pytest.approx(min(s, gamma) / s, rel=1e-5)
+        assert v[i].item() == pytest.approx(min(s, gamma) / (s + 1), rel=1e-5)
+        assert x0[i].item() == pytest.approx(min(s, gamma), rel=1e-5)
+    # v differs from ε by exactly SNR / (SNR + 1): clipped at high SNR, ≈ the ε weight (1) at low SNR
+    assert torch.allclose(v / eps, snr / (snr + 1), rtol=1e-5)
+    assert eps[0].item() == pytest.approx(gamma / snr[0].item(), rel=1e-5) and eps[2].item() == 1.0
+
+
+def test_loss_is_zero_for_a_perfect_predictor(scheduler, x0_noise):
+    """The loss compares like with like: an oracle for each target scores 0."""
+    x0, _ = x0_noise
+    a = scheduler.alphas_cumprod
+    for kind in objectives.PREDICTION_TYPES:
+        objective = objectives.DiffusionObjective(scheduler, kind, snr_gamma=5.0)
+        seen = {}
+
+        def oracle(x_t, t):
+            # invert x_t = √ᾱ x0 + √(1-ᾱ) ε for ε, then form the requested target
+            at = a[t].reshape(-1, 1, 1, 1)
+            noise = (x_t - at.sqrt() * x0) / (1 - at).sqrt()
+            seen["t"] = t
+            return objectives.target(kind, x0, noise, a, t)
+
+        assert objective.loss(oracle, x0).item() < 1e-8
+        assert objective.loss(lambda x_t, t: torch.zeros_like(x_t), x0).item() > 1e-3
+        assert seen["t"].min() >= 0 and seen["t"].max() < T

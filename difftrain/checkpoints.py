@@ -55,6 +55,7 @@ def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, tota
     partial = Path(output_dir) / f".checkpoint-{global_step}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()

@@ -11,17 +11,15 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .errors import UserError
 
 
-def downsampling_factor(unet_config) -> int:
-    return 2 ** (len(unet_config["block_out_channels"]) - 1)
-
-
 def check_resolution(resolution: int, unet_config) -> None:
-    factor = downsampling_factor(unet_config)
+    default = inspect.signature(UNet2DModel.__init__).parameters["block_out_channels"].default
+    blocks = len(unet_config.get("block_out_channels", default))
+    factor = 2 ** (blocks - 1)  # every block but the last halves the size
     if resolution % factor:
         fixed = max(factor, round(resolution / factor) * factor)
         raise UserError(
             f"--resolution {resolution} is not divisible by {factor}, the UNet's downsampling factor "
-            f"({len(unet_config['block_out_channels'])} blocks); use --resolution {fixed} or fewer blocks."
+            f"({blocks} blocks); use --resolution {fixed} or fewer blocks."
         )
 
 
@@ -34,21 +32,22 @@ def _check_keys(model_cls, kwargs: dict, where: str) -> None:
             raise UserError(f"{where}: '{key}' is not a {model_cls.__name__} argument.{hint}")
 
 
-def load_model_config(path: str) -> dict:
+def load_unet_config(path: str, flag: str, model_cls=UNet2DModel) -> dict:
+    """A UNet config from a config.json, a UNet folder, or a pipeline folder (its unet/)."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"--model_config_name_or_path {path}: no such file or folder.")
+    if (p / "unet" / "config.json").is_file():
+        p = p / "unet"
     try:
-        return dict(UNet2DModel.load_config(str(p / "unet") if (p / "unet" / "config.json").is_file() else str(p)))
+        return dict(model_cls.load_config(str(p)))
     except Exception as e:
-        raise UserError(f"--model_config_name_or_path {path}: not a UNet config ({str(e).splitlines()[0]}).") from None
+        raise UserError(f"{flag} {path}: no UNet config there ({str(e).splitlines()[0]}).") from None
 
 
 def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNet2DModel, **extra):
     """A fresh UNet from config arguments; size and channels come from the data."""
     config = {k: v for k, v in unet_args.items() if not k.startswith("_")}
     _check_keys(model_cls, config, "unet")
-    check_resolution(resolution, config | {"block_out_channels": config.get("block_out_channels", (1,) * 4)})
+    check_resolution(resolution, config)
     for key, value in (("sample_size", resolution), ("in_channels", channels), ("out_channels", channels)):
         if config.get(key, value) != value:
             raise UserError(f"unet.{key} is {config[key]} but the data gives {value}; drop it from the config.")

@@ -114,6 +114,9 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     dataloader = torch.utils.data.DataLoader(
         recipe.dataset, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=collate,
         num_workers=cfg.dataloader_num_workers,
+        # its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed
+        # run (which starts its iterator after restoring that RNG) would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     optimizer = _make_optimizer(cfg, model.parameters())
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
@@ -183,7 +186,9 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     model.train()
     running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
     for epoch in range(first_epoch, num_epochs):
-        sampler.set_epoch(epoch)
+        # accelerate's loader passes its epoch counter to our sampler on every __iter__ (and the loader that
+        # skip_first_batches makes copies it), so the epoch is set on the loader, not the sampler
+        dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(dataloader, skip_batches) if epoch == first_epoch and skip_batches else dataloader
         for batch in batches:
             with accelerator.accumulate(model):

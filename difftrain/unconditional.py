@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import DDPMPipeline, UNet2DModel
 
 from .data import augment, load_training_images
-from .models import build_unet, check_resolution, load_model_config, load_pretrained_unet, noise_scheduler_for
+from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import DiffusionObjective
 from .pipelines import sample_grid
 from .trainer import Recipe
@@ -13,22 +13,28 @@ from .trainer import Recipe
 DATA_SHAPE_KEYS = ("sample_size", "in_channels", "out_channels")
 
 
-def make_unet(cfg, channels: int) -> UNet2DModel:
+def unet_architecture(cfg) -> dict:
+    """The UNet's config before the data is read, so a bad resolution fails before any decoding."""
     if cfg.pretrained_model_name_or_path:
-        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path)
-        check_resolution(cfg.resolution, unet.config)
-        return unet
+        return load_unet_config(cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
     if cfg.model_config_name_or_path:  # the file's architecture; size and channels still come from the data
-        args = {k: v for k, v in load_model_config(cfg.model_config_name_or_path).items() if k not in DATA_SHAPE_KEYS}
-    else:
-        args = cfg.unet
-    return build_unet(args, resolution=cfg.resolution, channels=channels)
+        config = load_unet_config(cfg.model_config_name_or_path, "--model_config_name_or_path")
+        return {k: v for k, v in config.items() if k not in DATA_SHAPE_KEYS}
+    return cfg.unet
+
+
+def make_unet(cfg, architecture: dict, channels: int) -> UNet2DModel:
+    if cfg.pretrained_model_name_or_path:
+        return load_pretrained_unet(cfg.pretrained_model_name_or_path)
+    return build_unet(architecture, resolution=cfg.resolution, channels=channels)
 
 
 def build_recipe(cfg, accelerator) -> Recipe:
+    architecture = unet_architecture(cfg)
+    check_resolution(cfg.resolution, architecture)
     with accelerator.main_process_first():  # rank 0 decodes and caches; the others then read the cache
         dataset = load_training_images(cfg)
-    unet = make_unet(cfg, channels=dataset[0]["pixels"].shape[0])
+    unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
     scheduler = noise_scheduler_for(cfg)
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
     objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma)

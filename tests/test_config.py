@@ -74,3 +74,9 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for name in config.fields_of(TrainConfig):
         assert f"--{name}" in text
+
+
+def test_readme_documents_every_flag():
+    readme = (__import__("conftest").ROOT / "README.md").read_text()
+    missing = [name for name in config.fields_of(TrainConfig) if f"`--{name}`" not in readme]
+    assert not missing, f"README flag table lacks {missing}"

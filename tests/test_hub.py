@@ -1,0 +1,59 @@
+"""Hub push with a stand-in for HfApi that records the calls (no network here)."""
+
+from concurrent.futures import Future
+
+from huggingface_hub.utils import filter_repo_objects
+
+from conftest import ROOT, snapshot
+from difftrain import hub
+
+
+class RecordingApi:
+    calls = []
+
+    def __init__(self, token=None):
+        RecordingApi.calls.append(("init", {"token": token}))
+
+    def create_repo(self, repo_id, **kwargs):
+        RecordingApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        RecordingApi.calls.append(("upload_folder", kwargs))
+        done = Future()
+        done.set_result("commit")
+        return done
+
+
+def test_push_uploads_the_pipeline_and_card_never_checkpoints_or_the_token(tmp_path, train_unconditional,
+                                                                          monkeypatch, capsys):
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    out = tmp_path / "run"
+    code = train_unconditional("--config", ROOT / "configs/tiny.yaml", "--output_dir", out, "--push_to_hub",
+                               "--hub_model_id", "me/tiny-ddpm", "--hub_token", "hf_SECRET", "--hub_private_repo",
+                               "--save_model_epochs", 100)
+    assert code == 0
+    names = [name for name, _ in RecordingApi.calls]
+    assert names == ["init", "create_repo", "upload_folder"]  # one push: at the end (save_model_epochs > epochs)
+    create, upload = RecordingApi.calls[1][1], RecordingApi.calls[2][1]
+    assert create["repo_id"] == "me/tiny-ddpm" and create["private"] is True and create["exist_ok"] is True
+    assert upload["repo_id"] == "me/tiny-ddpm" and upload["folder_path"] == str(out)
+    assert upload["run_as_future"] is True and upload["token"] == "hf_SECRET"
+    files = list(snapshot(out))
+    uploaded = set(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"]))
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json", "README.md", "training_config.yaml", "samples/step-20.png"} <= uploaded
+    assert not any(f.startswith(("checkpoint-", "logs/")) for f in uploaded)
+    assert any(f.startswith("checkpoint-20/") for f in files)  # they exist, they just are not uploaded
+    card = (out / "README.md").read_text()
+    assert "me/tiny-ddpm" in card and "DDPMPipeline" in card and "20 optimizer steps" in card
+    assert "library_name: diffusers" in card and "![samples](samples/step-20.png)" in card
+    printed = capsys.readouterr()
+    assert all(b"hf_SECRET" not in data for data in snapshot(out).values())
+    assert "hf_SECRET" not in printed.out + printed.err
+
+
+def test_default_repo_id_is_the_output_folder_name(tmp_path):
+    from difftrain.config import TrainConfig
+
+    assert hub.default_repo_id(TrainConfig(output_dir=str(tmp_path / "my-model"))) == "my-model"

@@ -26,9 +26,8 @@ def datasets_cache(tmp_path_factory):
     return cache
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
+def reset_accelerate():
+    """Accelerate's state is a per-process singleton; each in-process run starts as a new process would."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -39,7 +38,11 @@ def run_script(module, argv) -> int:
     """Run a script's main in-process, as `python script.py argv` would (UserError → exit code 2)."""
     from difftrain.cli import run
 
-    return run(module.main, [str(a) for a in argv])
+    reset_accelerate()
+    try:
+        return run(module.main, [str(a) for a in argv])
+    finally:
+        reset_accelerate()
 
 
 @pytest.fixture

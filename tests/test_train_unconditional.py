@@ -154,9 +154,61 @@ def test_two_processes_on_cpu(tmp_path):
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-3", "checkpoint-6"]
     assert "4 updates/epoch" in proc.stdout + proc.stderr  # 64 images / (8 per batch x 2 ranks)
+    # one LR-schedule step per update, not one per rank (diffusers #3954)
+    assert torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["last_epoch"] == 6
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = [EventAccumulator(str(p.parent)).Reload() for p in out.rglob("events.out.tfevents.*")]
     losses = [e.Scalars("loss") for e in events if "loss" in e.Tags()["scalars"]]
     assert len(losses) == 1 and [s.step for s in losses[0]] == [1, 2, 3, 4, 5, 6]  # logged once, by rank 0
     assert np.isfinite([s.value for s in losses[0]]).all()
+
+
+def test_lr_schedule_counts_optimizer_updates_under_accumulation(tmp_path, train_unconditional):
+    out = tmp_path / "run"
+    assert train_unconditional(*TINY, "--output_dir", out, "--gradient_accumulation_steps", 3,
+                               "--max_train_steps", 4, "--checkpointing_steps", 4, "--validation_steps", 100,
+                               "--lr_scheduler", "linear", "--lr_warmup_steps", 1) == 0
+    state = torch.load(out / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert state["last_epoch"] == 4 and state["_last_lr"] == [0.0]  # 4 updates = 12 batches; decayed to 0 at the end
+
+
+def test_same_seed_same_weights_and_other_paths(tmp_path, train_unconditional):
+    """--seed reproduces a run exactly; bf16 autocast and gradient checkpointing run; a model config file
+    and a pipeline folder to continue from are accepted."""
+    short = [*TINY, "--max_train_steps", 3, "--validation_steps", 100, "--checkpointing_steps", 100]
+    assert train_unconditional(*short, "--output_dir", tmp_path / "a") == 0
+    assert train_unconditional(*short, "--output_dir", tmp_path / "b") == 0
+    a, b = weights(tmp_path / "a" / "unet"), weights(tmp_path / "b" / "unet")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert train_unconditional(*short, "--output_dir", tmp_path / "c", "--seed", 1) == 0
+    assert any(not torch.equal(a[k], v) for k, v in weights(tmp_path / "c" / "unet").items())
+
+    assert train_unconditional(*short, "--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16",
+                               "--gradient_checkpointing") == 0
+    assert train_unconditional(*short, "--output_dir", tmp_path / "fromfile", "--model_config_name_or_path",
+                               tmp_path / "a" / "unet" / "config.json") == 0
+    assert weights(tmp_path / "fromfile" / "unet").keys() == a.keys()
+    assert train_unconditional(*short, "--output_dir", tmp_path / "continued", "--pretrained_model_name_or_path",
+                               tmp_path / "a", "--learning_rate", 1e-9, "--lr_scheduler", "constant") == 0
+    continued = weights(tmp_path / "continued" / "unet")
+    assert all(torch.allclose(a[k], continued[k], atol=1e-5) for k in a)  # started from a's weights
+
+
+def test_8bit_adam_without_bitsandbytes_says_how_to_install(tmp_path, train_unconditional, capsys):
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    assert train_unconditional(*TINY, "--output_dir", tmp_path / "run", "--use_8bit_adam") == 2
+    assert "pip install bitsandbytes" in capsys.readouterr().err
+
+
+def test_wandb_offline(tmp_path, train_unconditional, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    assert train_unconditional(*TINY, "--output_dir", tmp_path / "run", "--report_to", "wandb",
+                               "--max_train_steps", 2, "--validation_steps", 2) == 0
+    runs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

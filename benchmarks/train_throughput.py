@@ -1,0 +1,70 @@
+"""Training throughput and peak memory of a config, per setting, measured in one run (not run by CI).
+
+    python benchmarks/train_throughput.py [--config configs/mnist.yaml] [--steps 40] [--variants fp32 bf16]
+
+Each variant trains `--steps` optimizer updates through train_unconditional.py in a fresh process;
+images/s is the median of the per-update rates the trainer logs (first 5 updates dropped as warm-up);
+peak memory is the process's max RSS (CPU) or torch.cuda.max_memory_allocated (GPU).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "fp32": [],
+    "bf16": ["--mixed_precision", "bf16"],
+    "grad-ckpt": ["--gradient_checkpointing"],
+    "ema": ["--use_ema"],
+}
+
+
+def run_variant(config: str, steps: int, flags: list[str], workdir: Path) -> dict:
+    out = workdir / "out"
+    cmd = [sys.executable, str(ROOT / "train_unconditional.py"), "--config", config, "--output_dir", str(out),
+           "--max_train_steps", str(steps), "--checkpointing_steps", "100000", "--validation_steps", "100000",
+           "--save_model_epochs", "100000", "--report_to", "tensorboard", "--seed", "0", *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    if status != 0:
+        raise SystemExit(f"variant failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dir = next(out.rglob("events.out.tfevents.*")).parent
+    events = EventAccumulator(str(event_dir))
+    events.Reload()
+    rates = [s.value for s in events.Scalars("images_per_s")][5:]
+    cfg = yaml.safe_load((out / "training_config.yaml").read_text())
+    return {"images_per_s": statistics.median(rates), "peak_rss_gib": usage.ru_maxrss / 2**20,
+            "batch": cfg["train_batch_size"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs/mnist.yaml"))
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=list(VARIANTS))
+    parser.add_argument("--epoch_size", type=int, default=50_000, help="Images per epoch for the minutes column.")
+    args = parser.parse_args()
+    rows = []
+    for name in args.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append((name, run_variant(args.config, args.steps, VARIANTS[name], Path(tmp))))
+    base = rows[0][1]["images_per_s"]
+    print(f"\n{Path(args.config).name}, {args.steps} updates, {os.cpu_count()} CPU cores, torch threads default\n")
+    print("| variant | batch | images/s | vs first | min/epoch | peak RSS (GiB) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['batch']} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | "
+              f"{args.epoch_size / r['images_per_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

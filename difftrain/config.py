@@ -172,23 +172,15 @@ def _coerce(key: str, value, tp):
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp in (int, float):
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
+        # a YAML int is a fine float; a float or a bool is not an int
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
+            return tp(value)
         raise bad
     if tp is str:
         if isinstance(value, str):

@@ -220,7 +220,6 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
                     "images_per_s": window_images / max(elapsed, 1e-9), "epoch": epoch}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
-            running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
             accelerator.log(logs, step=global_step)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
@@ -229,10 +228,11 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
                                             cfg.checkpoints_total_limit)
             if cfg.validation_steps and global_step % cfg.validation_steps == 0:
                 validate(global_step)
+            # the next rate window starts here, so checkpoint and validation time do not count as training
+            running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
             if global_step >= max_steps:
                 break
-        end_of_epoch = global_step % updates_per_epoch == 0 or global_step >= max_steps
-        if end_of_epoch and global_step < max_steps:
+        if global_step < max_steps:  # an epoch ended and training goes on
             if (epoch + 1) % cfg.save_model_epochs == 0:
                 save_pipeline(global_step)
             if cfg.save_images_epochs and (epoch + 1) % cfg.save_images_epochs == 0:

@@ -18,23 +18,27 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "fp32": [],
-    "bf16": ["--mixed_precision", "bf16"],
-    "grad-ckpt": ["--gradient_checkpointing"],
-    "ema": ["--use_ema"],
+VARIANTS = {  # name: (flags, environment)
+    "fp32": ([], {}),
+    "bf16": (["--mixed_precision", "bf16"], {}),
+    "grad-ckpt": (["--gradient_checkpointing"], {}),
+    "ema": (["--use_ema"], {}),
+    # what `accelerate launch` without --cpu gives a CPU-only machine: OMP_NUM_THREADS=1
+    "fp32-1thread": ([], {"OMP_NUM_THREADS": "1"}),
 }
 
 
-def run_variant(config: str, steps: int, flags: list[str], workdir: Path) -> dict:
+def run_variant(config: str, steps: int, flags: list[str], env: dict, workdir: Path) -> dict:
     out = workdir / "out"
     cmd = [sys.executable, str(ROOT / "train_unconditional.py"), "--config", config, "--output_dir", str(out),
            "--max_train_steps", str(steps), "--checkpointing_steps", "100000", "--validation_steps", "100000",
            "--save_model_epochs", "100000", "--report_to", "tensorboard", "--seed", "0", *flags]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    log = workdir / "stderr.txt"
+    with open(log, "wb") as err:  # a file, not a pipe: progress bars would fill a pipe and block the child
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **env})
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
     if status != 0:
-        raise SystemExit(f"variant failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+        raise SystemExit(f"variant failed: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     event_dir = next(out.rglob("events.out.tfevents.*")).parent
@@ -56,9 +60,9 @@ def main() -> None:
     rows = []
     for name in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append((name, run_variant(args.config, args.steps, VARIANTS[name], Path(tmp))))
+            rows.append((name, run_variant(args.config, args.steps, *VARIANTS[name], Path(tmp))))
     base = rows[0][1]["images_per_s"]
-    print(f"\n{Path(args.config).name}, {args.steps} updates, {os.cpu_count()} CPU cores, torch threads default\n")
+    print(f"\n{Path(args.config).name}, {args.steps} updates, {os.cpu_count()} CPU cores\n")
     print("| variant | batch | images/s | vs first | min/epoch | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|")
     for name, r in rows:

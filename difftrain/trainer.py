@@ -4,6 +4,7 @@ gradient accumulation with the LR schedule counted in optimizer updates; exact r
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import time
@@ -88,6 +89,11 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
     )
+    if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (os.cpu_count() or 1):
+        accelerator.print(
+            f"note: training on {torch.get_num_threads()} CPU thread(s) per process of {os.cpu_count()} cores; "
+            "`accelerate launch` sets OMP_NUM_THREADS=1 unless given --cpu or --num_cpu_threads_per_process N."
+        )
     if cfg.seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
         cfg.seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
     set_seed(cfg.seed)  # same initial weights on every rank

@@ -79,13 +79,13 @@ class TrainConfig:
     num_epochs: int = opt(1, "Epochs to train, unless --max_train_steps is set.")
     max_train_steps: int | None = opt(None, "Optimizer updates to train; overrides --num_epochs.")
     gradient_accumulation_steps: int = opt(1, "Batches per optimizer update.")
-    learning_rate: float = opt(2e-4, "Peak learning rate.")
+    learning_rate: float = opt(1e-3, "Peak learning rate.")
     lr_scheduler: str = opt(
         "cosine",
         "diffusers.optimization.get_scheduler name.",
         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
     )
-    lr_warmup_steps: int = opt(200, "Warm-up, in optimizer updates.")
+    lr_warmup_steps: int = opt(100, "Warm-up, in optimizer updates.")
     adam_beta1: float = opt(0.95, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-6, "AdamW weight decay.")
@@ -202,6 +202,14 @@ def _coerce(key: str, value, tp):
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
+def _without_none(tp):
+    """X for `X | None`, else tp."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of options; command-line flags override it.")
@@ -214,10 +222,11 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar")
-        if tp is bool:
+        base = _without_none(tp)
+        if base is bool:  # `--flag` alone means true; `--flag false` overrides a YAML true
             kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif typing.get_origin(tp) is list or list in typing.get_args(tp):
-            kwargs["nargs"] = "+"
+        elif typing.get_origin(base) is list:  # `--x a b --x c` → [a, b, c]
+            kwargs.update(nargs="+", action="extend")
         parser.add_argument(f"--{name}", *f.metadata["aliases"], **kwargs)
     return parser
 
@@ -279,3 +288,56 @@ def to_dict(cfg) -> dict:
 
 def dump(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@dataclass
+class SampleConfig:
+    """Options of sample.py: images from a trained model with any diffusers scheduler."""
+
+    # --- model ---
+    model: str = opt("ddpm-mnist", "A pipeline folder written by a trainer, a checkpoint-N/ folder, or a Hub id.")
+    no_ema: bool = opt(False, "From a checkpoint-N/ folder, take the raw unet/ weights instead of unet_ema/.")
+    # --- scheduler ---
+    scheduler: str | None = opt(
+        None, "Sampler short name (see --list_schedulers), or 'all' for a comparison sheet (unset: ddim; euler for "
+        "EDM models)."
+    )
+    list_schedulers: bool = opt(False, "Print the scheduler names, one line each, and exit.")
+    num_inference_steps: int = opt(50, "Sampling steps.")
+    eta: float = opt(0.0, "DDIM eta: 0 is deterministic, 1 adds DDPM-like noise (ddim only).")
+    timestep_spacing: str | None = opt(
+        None, "How the steps are spread over the training timesteps (unset: as the saved scheduler says).",
+        choices=["leading", "trailing", "linspace"],
+    )
+    use_karras_sigmas: bool | None = opt(
+        None, "true/false: Karras sigma spacing, for sigma-based schedulers (unset: as the name says)."
+    )
+    clip_sample: bool | None = opt(
+        None, "true/false: static thresholding, clip the predicted x0 to [-1, 1] (unset: as trained)."
+    )
+    thresholding: bool | None = opt(None, "true/false: dynamic thresholding of the predicted x0 (unset: as trained).")
+    # --- images ---
+    num_images: int = opt(64, "Images to generate (per scheduler with --scheduler all).")
+    batch_size: int = opt(16, "Images per forward pass; does not change the images.")
+    seed: int = opt(0, "Image k is generated from seed + k alone.")
+    # --- text-conditional models ---
+    prompt: list[str] = opt(help="Prompt(s); repeat the flag or list several. Image k gets prompt k mod P.",
+                            factory=list)
+    prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
+    negative_prompt: str | None = opt(None, "What classifier-free guidance steers away from (default: empty prompt).")
+    guidance_scale: float = opt(7.5, "Classifier-free guidance scale; 1 turns guidance off.")
+    # --- device and output ---
+    device: str = opt("auto", "auto: CUDA, then MPS, then CPU.", choices=["auto", "cuda", "mps", "cpu"])
+    dtype: str = opt("fp32", "Weights' dtype; the scheduler's arithmetic stays fp32.", choices=["fp32", "fp16", "bf16"])
+    output_type: str = opt("png", "png: one PNG per image; npz: one uint8 NHWC array (for evaluation).",
+                           choices=["png", "npz"])
+    output_dir: str | None = opt(None, "Where to write (default: MODEL/samples/<scheduler>-<steps>/).")
+
+    def validate(self) -> None:
+        for name in ("num_inference_steps", "num_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
+        if not 0.0 <= self.eta <= 1.0:
+            raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")
+        if self.guidance_scale < 0:
+            raise UserError(f"--guidance_scale must be 0 or more (got {self.guidance_scale}).")

@@ -1,25 +1,41 @@
-"""Pipeline folders and image generation from a trained UNet."""
+"""Image generation from a trained UNet: the sampling loop from fixed per-image seeds, the network as a
+predict(x_t, t) function (unconditional or with classifier-free guidance), grids and comparison sheets."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .data.images import to_uint8
+
+
+def image_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: the same numbers on every device and whatever the batch."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 @torch.no_grad()
 def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[int], num_inference_steps: int,
              device, dtype=torch.float32, **step_kwargs) -> torch.Tensor:
-    """Sample len(seeds) images in [-1, 1]. Image k starts from noise seeded by seeds[k] alone, so it is the
-    same whatever the batch it is generated in. predict(x_t, t) → model output."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    x = torch.stack(noise).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+    """Sample len(seeds) images in [-1, 1]. Everything random about image k, its starting noise and the noise a
+    stochastic scheduler adds at each step, comes from a generator seeded by seeds[k] alone, so image k is the
+    same whatever the batch it is generated in. predict(x_t, t) → model output; `dtype` is the dtype of the
+    latents and the scheduler's arithmetic."""
+    generators = image_generators(seeds)
+    if hasattr(scheduler, "noise_sampler_seed"):  # DPMSolverSDEScheduler: one Brownian tree per image
+        scheduler.noise_sampler_seed = list(seeds)
+    if "generator" in inspect.signature(scheduler.step).parameters:  # diffusers' randn_tensor takes a list
+        step_kwargs.setdefault("generator", generators)
+    # set_timesteps first: init_noise_sigma of sigma-based schedulers (Euler, LMS, ...) is the largest sigma of
+    # the INFERENCE schedule, which it sets
     scheduler.set_timesteps(num_inference_steps, device=device)
+    noise = [torch.randn(shape, generator=g) for g in generators]
+    x = torch.stack(noise).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
         x = scheduler.step(predict(model_input, t), t, x, **step_kwargs).prev_sample
@@ -38,18 +54,65 @@ def image_grid(images_u8: torch.Tensor, cols: int | None = None) -> Image.Image:
     return Image.fromarray(grid[:, :, 0] if c == 1 else grid)
 
 
+def comparison_sheet(rows: list[tuple[str, torch.Tensor | None]], min_size: int = 32) -> Image.Image:
+    """One row per (label, uint8 NCHW images or None): the label on the left, the images beside it. Small images
+    are enlarged by an integer factor (nearest) so a row is at least `min_size` px tall and the label fits."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(draw.textlength(label)) for label, _ in rows) + 12
+    strips = []
+    for _, images in rows:
+        if images is None:
+            strips.append(None)
+            continue
+        strip = image_grid(images, cols=len(images)).convert("RGB")
+        scale = max(1, math.ceil(min_size / strip.height))
+        strips.append(strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST))
+    row_h = max([s.height for s in strips if s is not None] + [min_size])
+    width = label_w + max([s.width for s in strips if s is not None] + [0])
+    sheet = Image.new("RGB", (width, row_h * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, ((label, _), strip) in enumerate(zip(rows, strips)):
+        top = i * row_h
+        left, upper, _, lower = draw.textbbox((0, 0), label)  # the default font may be a bitmap one: no anchors
+        draw.text((6, top + (row_h - (lower - upper)) // 2 - upper), label, fill="black")
+        if strip is not None:
+            sheet.paste(strip, (label_w, top))
+    return sheet
+
+
 def unet_predictor(unet) -> Callable:
-    """predict(x_t, t) for an unconditional UNet2DModel."""
-    return lambda x, t: unet(x, t).sample
+    """predict(x_t, t) for an unconditional UNet2DModel. The network runs in its own dtype (fp16/bf16 weights),
+    the scheduler keeps the latents' dtype."""
+    return lambda x, t: unet(x.to(unet.dtype), t).sample.to(x.dtype)
 
 
-def sample_grid(unet, training_scheduler_config, *, num_images: int, steps: int, seed: int = 0) -> Image.Image:
-    """DDIM (eta 0) samples from fixed seeds, so grids from different steps of a run compare."""
-    from .schedulers import scheduler_from_training_config
+def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> Callable:
+    """predict(x_t, t) for a text-conditional UNet (UNet2DConditionModel) with classifier-free guidance:
+    out = uncond + scale * (cond - uncond), with the unconditional and conditional halves in ONE batched forward.
+    cond/uncond: encoder hidden states (batch, tokens, dim) for the images of this batch; uncond None or
+    scale 1 means no guidance (one forward of the conditional half only)."""
+    if uncond is None or guidance_scale == 1.0:
+        return lambda x, t: unet(x.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.to(x.dtype)
+    states = torch.cat([uncond, cond]).to(unet.dtype)
 
-    scheduler = scheduler_from_training_config("ddim", training_scheduler_config)
+    def predict(x, t):
+        out = unet(torch.cat([x, x]).to(unet.dtype), t, encoder_hidden_states=states).sample.to(x.dtype)
+        out_uncond, out_cond = out.chunk(2)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+    return predict
+
+
+def sample_grid(unet, training_scheduler_config, *, num_images: int, steps: int, seed: int = 0,
+                scheduler: str | None = None) -> Image.Image:
+    """Deterministic samples (DDIM at eta 0; EDM Euler for EDM models) from fixed seeds, so grids from different
+    steps of a run compare."""
+    from .schedulers import default_scheduler, scheduler_from_training_config
+
+    name = scheduler or default_scheduler(training_scheduler_config)
+    sampler = scheduler_from_training_config(name, training_scheduler_config)
     param = next(unet.parameters())
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    images = generate(unet_predictor(unet), scheduler, shape, list(range(seed, seed + num_images)), steps,
+    images = generate(unet_predictor(unet), sampler, shape, list(range(seed, seed + num_images)), steps,
                       param.device, param.dtype)
     return image_grid(to_uint8(images))

@@ -92,7 +92,7 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (os.cpu_count() or 1):
         accelerator.print(
             f"note: training on {torch.get_num_threads()} CPU thread(s) per process of {os.cpu_count()} cores; "
-            "`accelerate launch` sets OMP_NUM_THREADS=1 unless given --cpu or --num_cpu_threads_per_process N."
+            "`accelerate launch` sets OMP_NUM_THREADS=1 on CPU unless given --num_cpu_threads_per_process N."
         )
     if cfg.seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
         cfg.seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]

@@ -1,0 +1,423 @@
+"""The sample command: load a trained model (pipeline folder, checkpoint-N/ folder or Hub id), generate images from
+per-image seeds with any scheduler, and write PNGs (or one npz), a grid and metadata that regenerates any one image;
+with --scheduler all, a comparison sheet (one row per scheduler, same seeds) and a CSV of timings."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import __version__, config
+from .data.images import to_uint8
+from .errors import UserError
+from .pipelines import comparison_sheet, generate, guided_predictor, image_grid, unet_predictor
+from .schedulers import (
+    check_num_inference_steps,
+    default_scheduler,
+    describe_schedulers,
+    sampling_options,
+    scheduler_from_training_config,
+    scheduler_table,
+    step_options,
+)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Model:
+    """What sampling needs from a trained model, wherever it came from."""
+
+    unet: torch.nn.Module
+    scheduler_config: dict  # the TRAINING scheduler config: every sampler is built from it
+    path: Path  # the local folder the weights were read from
+    weights: str  # "unet" or "unet_ema"
+    samples_dir: Path  # where output folders go by default
+    encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.unet, UNet2DConditionModel)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return self.unet.config.in_channels, h, w
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d, ok in available.items() if ok))
+    if not available[name]:
+        raise UserError(f"--device {name}: not available on this machine; use --device auto.")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """EMA folders carry the EMA's own settings in config.json; diffusers warns that it ignores them."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
+def local_folder(model: str) -> Path:
+    """--model as a local folder: itself, or the Hub snapshot (cached, or downloaded when online)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"--model {model} is a file; pass a pipeline folder, a checkpoint-N folder or a Hub id.")
+    if not HUB_ID.match(model):
+        raise UserError(f"--model {model}: no such folder; pass a training run's output_dir, one of its "
+                        "checkpoint-N folders, or a Hub id (user/name).")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated, network down: all end the same way
+        why = ("HF_HUB_OFFLINE is set and it is not in the Hub cache" if constants.HF_HUB_OFFLINE
+               else f"{e.__class__.__name__}: {_first_line(e)}")
+        raise UserError(f"--model {model}: not a local folder, and the Hub could not provide it ({why}); "
+                        "pass a local pipeline or checkpoint-N folder, or retry online.") from None
+
+
+def _load_unet(folder: Path, dtype: torch.dtype):
+    try:
+        class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}: no readable config.json ({_first_line(e)}).") from None
+    if class_name not in UNET_CLASSES:
+        raise UserError(f"{folder} holds a {class_name}; sample.py samples {' and '.join(UNET_CLASSES)} models.")
+    try:
+        with _quiet_diffusers():
+            unet = UNET_CLASSES[class_name].from_pretrained(str(folder), torch_dtype=dtype)
+    except Exception as e:
+        raise UserError(f"{folder}: cannot load the UNet weights ({_first_line(e)}).") from None
+    if unet.config.get("num_class_embeds") or unet.config.get("class_embed_type"):
+        raise UserError(f"{folder}: a class-conditional UNet; sample.py does not pass class labels yet.")
+    return unet
+
+
+def training_scheduler_config(run: Path) -> dict:
+    """The run's TRAINING scheduler config: its scheduler/ folder or, for a run that wrote checkpoints but
+    no pipeline yet, the scheduler its training_config.yaml describes."""
+    from .models import noise_scheduler_for
+
+    saved = run / "scheduler" / "scheduler_config.json"
+    if saved.is_file():
+        try:
+            return dict(json.loads(saved.read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{saved}: not a readable scheduler config ({_first_line(e)}).") from None
+    if (run / "training_config.yaml").is_file():
+        train_cfg = config.from_dict(config.TrainConfig, config.load_yaml(str(run / "training_config.yaml")),
+                                     source=str(run / "training_config.yaml"))
+        return dict(noise_scheduler_for(train_cfg).config)
+    raise UserError(f"{run}: no scheduler/ and no training_config.yaml, so the training noise schedule is unknown; "
+                    "pass the run's output_dir or a checkpoint inside it.")
+
+
+def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
+    """prompts → encoder hidden states, from the text_encoder/ and tokenizer/ saved beside the UNet.
+    Design slot for the text-to-image trainer (a later issue), which must encode captions the same way;
+    when it exists, this should call its encoding function rather than repeat it."""
+    if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    encoder = AutoModel.from_pretrained(str(folder / "text_encoder")).to(device=device, dtype=dtype).eval()
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> torch.Tensor:
+        tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                           max_length=min(tokenizer.model_max_length, 77)).to(device)
+        return encoder(**tokens).last_hidden_state
+
+    return encode
+
+
+def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32) -> Model:
+    """A pipeline folder (model_index.json + unet/ + scheduler/), a checkpoint-N/ folder (unet/, and unet_ema/ when
+    trained with EMA; the scheduler comes from the run folder around it), or a Hub id."""
+    folder = local_folder(model)
+    if (folder / "model_index.json").is_file():
+        if not (folder / "unet").is_dir():
+            raise UserError(f"--model {model}: model_index.json but no unet/; sample.py samples UNet pipelines.")
+        run, weights, samples_dir = folder, "unet", folder / "samples"
+        if not Path(model).is_dir():  # a Hub snapshot: write beside the caller, not into the cache
+            samples_dir = Path(model.split("/")[-1]) / "samples"
+    elif (folder / "unet").is_dir():  # a checkpoint
+        run = folder if (folder / "scheduler").is_dir() else folder.parent
+        weights = "unet_ema" if use_ema and (folder / "unet_ema").is_dir() else "unet"
+        suffix = "-no_ema" if weights == "unet" and (folder / "unet_ema").is_dir() else ""
+        samples_dir = folder.parent / "samples" / f"{folder.name}{suffix}"
+    else:
+        raise UserError(f"--model {model}: neither a pipeline folder (no model_index.json) nor a checkpoint "
+                        "(no unet/); pass a training run's output_dir or one of its checkpoint-N folders.")
+    unet = _load_unet(folder / weights, dtype).to(device).eval()
+    return Model(unet=unet, scheduler_config=training_scheduler_config(run), path=folder.resolve(), weights=weights,
+                 samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts
+
+
+def read_prompts(cfg) -> list[str]:
+    prompts = list(cfg.prompt)
+    if cfg.prompt_file:
+        try:
+            lines = Path(cfg.prompt_file).read_text().splitlines()
+        except OSError as e:
+            raise UserError(f"--prompt_file {cfg.prompt_file}: cannot read it ({e.strerror or e}).") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise UserError(f"--prompt_file {cfg.prompt_file} holds no prompts; write one prompt a line.")
+    return prompts
+
+
+def check_conditioning(model: Model, prompts: list[str], cfg) -> None:
+    """Prompts go with text-conditional models only, and those need prompts."""
+    name = type(model.unet).__name__
+    if not model.conditional and (prompts or cfg.negative_prompt):
+        flag = "--prompt/--prompt_file" if prompts else "--negative_prompt"
+        raise UserError(f"{flag} given, but {cfg.model} is an unconditional model ({name}); drop {flag}.")
+    if model.conditional and not prompts:
+        raise UserError(f"{cfg.model} is a text-conditional model ({name}); pass --prompt TEXT or --prompt_file FILE.")
+    if model.conditional and model.encode_prompts is None:
+        raise UserError(f"{cfg.model}: a text-conditional UNet without text_encoder/ and tokenizer/ beside it; "
+                        "pass the text-to-image run's output_dir.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+
+def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt: str | None,
+               guidance_scale: float) -> Callable:
+    """predict(x_t, t) for the images `indices` (image k gets prompt k mod P)."""
+    if not model.conditional:
+        return unet_predictor(model.unet)
+    cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
+    uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
+    return guided_predictor(model.unet, cond, uncond, guidance_scale)
+
+
+@dataclass
+class Samples:
+    images: torch.Tensor  # uint8 NCHW
+    seconds: float
+    calls_per_image: int  # network evaluations per trajectory (a CFG forward counts once)
+
+
+def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batch_size: int, step_kwargs: dict,
+                  prompts: list[str], negative_prompt: str | None, guidance_scale: float, device,
+                  desc: str = "sample") -> Samples:
+    """All images, batch by batch, with a progress bar over images. Image k comes from seeds[k] alone."""
+    calls = 0
+
+    def counted(predict):
+        def call(x, t):
+            nonlocal calls
+            calls += 1
+            return predict(x, t)
+
+        return call
+
+    batches, start = [], time.perf_counter()
+    with tqdm(total=len(seeds), unit="img", desc=desc) as bar:
+        for first in range(0, len(seeds), batch_size):
+            batch = seeds[first : first + batch_size]
+            indices = range(first, first + len(batch))
+            predict = counted(_predictor(model, indices, prompts, negative_prompt, guidance_scale))
+            x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32, **step_kwargs)
+            batches.append(to_uint8(x).cpu())  # .cpu() waits for the device, so the clock is honest
+            bar.update(len(batch))
+    n_batches = -(-len(seeds) // batch_size)
+    return Samples(torch.cat(batches), time.perf_counter() - start, calls // n_batches)
+
+
+def build_scheduler(name: str, model: Model, cfg, *, strict: bool = True):
+    """The named scheduler from the model's training config with the command's overrides; and its step kwargs."""
+    check_num_inference_steps(name, model.scheduler_config, cfg.num_inference_steps)
+    scheduler = scheduler_from_training_config(
+        name, model.scheduler_config, timestep_spacing=cfg.timestep_spacing,
+        use_karras_sigmas=cfg.use_karras_sigmas, clip_sample=cfg.clip_sample, thresholding=cfg.thresholding,
+    )
+    return scheduler, step_options(scheduler, eta=cfg.eta, strict=strict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create the folder and prove it takes a file, before any time is spent sampling."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--output_dir {path}: cannot write there ({e.strerror or e}); pass a writable "
+                        "folder.") from None
+    return path
+
+
+def write_images(out: Path, images_u8: torch.Tensor, output_type: str, seeds: list[int]) -> list[str]:
+    """PNGs 00000.png... or one samples.npz (images: uint8 NHWC, seeds); returns each image's file name."""
+    nhwc = images_u8.permute(0, 2, 3, 1).numpy()
+    if output_type == "npz":
+        np.savez(out / "samples.npz", images=nhwc, seeds=np.asarray(seeds, dtype=np.int64))
+        return ["samples.npz"] * len(nhwc)
+    names = [f"{k:05d}.png" for k in range(len(nhwc))]
+    for name, img in zip(names, nhwc):
+        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(out / name)
+    return names
+
+
+def package_versions() -> dict:
+    versions = {"difftrain": __version__}
+    for name in ("diffusers", "torch", "transformers", "accelerate", "numpy", "pillow", "torchsde"):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[name] = importlib_metadata.version(name)
+    return versions
+
+
+def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None) -> str:
+    """The sample.py command line that makes this one image again (as image 0 of a one-image run)."""
+    args = ["python", "sample.py", "--model", cfg.model, "--scheduler", scheduler_name,
+            "--num_inference_steps", cfg.num_inference_steps, "--seed", seed, "--num_images", 1]
+    optional = {"no_ema": cfg.no_ema or None, "eta": cfg.eta or None, "timestep_spacing": cfg.timestep_spacing,
+                "use_karras_sigmas": cfg.use_karras_sigmas, "clip_sample": cfg.clip_sample,
+                "thresholding": cfg.thresholding, "dtype": None if cfg.dtype == "fp32" else cfg.dtype,
+                "prompt": prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
+                "guidance_scale": cfg.guidance_scale if prompt else None}
+    for key, value in optional.items():
+        if value is not None:
+            args += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
+    return shlex.join(str(a) for a in args)
+
+
+def metadata_records(cfg, model: Model, scheduler_name: str, scheduler, files: list[str], seeds: list[int],
+                     prompts: list[str], device) -> list[dict]:
+    """One JSON line per image: enough to regenerate it exactly."""
+    versions = package_versions()
+    options = sampling_options(scheduler)
+    records = []
+    for k, (file, seed) in enumerate(zip(files, seeds)):
+        prompt = prompts[k % len(prompts)] if prompts else None
+        records.append({
+            "file": file, "index": k, "seed": seed, "scheduler": scheduler_name,
+            "scheduler_class": type(scheduler).__name__, "steps": cfg.num_inference_steps, "eta": cfg.eta,
+            "scheduler_options": options, "guidance_scale": cfg.guidance_scale if prompt else None,
+            "prompt": prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
+            "model": cfg.model, "model_path": str(model.path), "weights": model.weights, "dtype": cfg.dtype,
+            "device": str(device), "versions": versions,
+            "command": regenerate_command(cfg, scheduler_name, seed, prompt),
+        })
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def sample(cfg) -> Path | None:
+    """sample.py: images, grid and metadata from one scheduler; or a comparison sheet with --scheduler all."""
+    if cfg.list_schedulers:
+        print(describe_schedulers())
+        return None
+    prompts = read_prompts(cfg)
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
+    check_conditioning(model, prompts, cfg)
+    if cfg.scheduler == "all":
+        return compare_schedulers(cfg, model, prompts, device)
+    cfg.scheduler = cfg.scheduler or default_scheduler(model.scheduler_config)
+    scheduler, step_kwargs = build_scheduler(cfg.scheduler, model, cfg)
+    out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
+                             model.samples_dir / f"{cfg.scheduler}-{cfg.num_inference_steps}")
+    seeds = [cfg.seed + k for k in range(cfg.num_images)]
+    result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
+                           step_kwargs=step_kwargs, prompts=prompts, negative_prompt=cfg.negative_prompt,
+                           guidance_scale=cfg.guidance_scale, device=device, desc=cfg.scheduler)
+    files = write_images(out, result.images, cfg.output_type, seeds)
+    image_grid(result.images).save(out / "grid.png")
+    scheduler.save_config(str(out))  # scheduler_config.json: the exact sampler, overrides resolved
+    records = metadata_records(cfg, model, cfg.scheduler, scheduler, files, seeds, prompts, device)
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"{len(seeds)} images in {result.seconds:.1f} s ({result.seconds / len(seeds):.3f} s/image) → {out}")
+    return out
+
+
+def compare_schedulers(cfg, model: Model, prompts: list[str], device) -> Path:
+    """Every scheduler of the model's family on the same seeds: comparison.png (one labelled row each) and
+    timings.csv. A scheduler that cannot run here (missing package, unsupported option) gets a row saying why."""
+    out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
+                             model.samples_dir / f"all-{cfg.num_inference_steps}")
+    seeds = [cfg.seed + k for k in range(cfg.num_images)]
+    # one forward first, so the first scheduler's time does not include the network's warm-up
+    _predictor(model, range(1), prompts, cfg.negative_prompt, cfg.guidance_scale)(
+        torch.zeros(1, *model.image_shape, device=device), torch.tensor(1, device=device))
+    rows, timings = [], []
+    for name in scheduler_table(model.scheduler_config):
+        try:
+            scheduler, step_kwargs = build_scheduler(name, model, cfg, strict=False)
+        except UserError as e:
+            rows.append((f"{name}: skipped (see timings.csv)", None))
+            timings.append({"scheduler": name, "status": f"skipped: {e}"})
+            continue
+        result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
+                               step_kwargs=step_kwargs, prompts=prompts, negative_prompt=cfg.negative_prompt,
+                               guidance_scale=cfg.guidance_scale, device=device, desc=name)
+        per_image = result.seconds / len(seeds)
+        calls = "" if result.calls_per_image == cfg.num_inference_steps else f" ({result.calls_per_image} calls)"
+        rows.append((f"{name}  {cfg.num_inference_steps} steps{calls}  {per_image:.3f} s/img", result.images))
+        timings.append({"scheduler": name, "class": type(scheduler).__name__, "steps": cfg.num_inference_steps,
+                        "network_calls": result.calls_per_image, "images": len(seeds),
+                        "seconds": round(result.seconds, 4), "seconds_per_image": round(per_image, 5), "status": "ok"})
+    comparison_sheet(rows).save(out / "comparison.png")
+    with open(out / "timings.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["scheduler", "class", "steps", "network_calls", "images", "seconds",
+                                    "seconds_per_image", "status"])
+        writer.writeheader()
+        writer.writerows(timings)
+    print(f"{len(rows)} schedulers × {len(seeds)} images → {out / 'comparison.png'}, {out / 'timings.csv'}")
+    return out

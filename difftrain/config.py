@@ -74,6 +74,11 @@ class TrainConfig:
         choices=["epsilon", "v_prediction", "sample"],
     )
     snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (5.0 is the paper's choice).")
+    noise_offset: float = opt(0.0, "Offset noise scale (e.g. 0.05): lets the model learn very dark/bright images.")
+    input_perturbation: float = opt(0.0, "Input perturbation scale (0.1 in the paper); the target stays the noise.")
+    rescale_betas_zero_snr: bool = opt(
+        False, "Zero terminal SNR (Lin et al. 2023); pair with v_prediction and trailing spacing at sampling."
+    )
     # --- optimisation ---
     train_batch_size: int = opt(64, "Batch size per device.")
     num_epochs: int = opt(1, "Epochs to train, unless --max_train_steps is set.")

@@ -75,11 +75,13 @@ def noise_scheduler_for(cfg) -> DDPMScheduler:
                 f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path}: cannot load scheduler/ "
                 f"({str(e).splitlines()[0]})."
             ) from None
-        if cfg.prediction_type is not None:
-            scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=cfg.prediction_type)
-        return scheduler
+        overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type is not None else {}
+        if cfg.rescale_betas_zero_snr:
+            overrides["rescale_betas_zero_snr"] = True
+        return DDPMScheduler.from_config(scheduler.config, **overrides) if overrides else scheduler
     return DDPMScheduler(
         num_train_timesteps=cfg.ddpm_num_steps,
         beta_schedule=cfg.ddpm_beta_schedule,
         prediction_type=cfg.prediction_type or "epsilon",
+        rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
     )

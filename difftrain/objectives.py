@@ -43,13 +43,23 @@ def snr(alphas_cumprod, t):
     return (a / (1 - a)).float()
 
 
+def offset_noise(shape, offset: float, *, like: torch.Tensor) -> torch.Tensor:
+    """ε + offset · n with n ~ N(0, 1) per (image, channel): shifts whole channels, so the model can learn
+    to change an image's mean brightness (Guttenberg 2023, diffusers' --noise_offset)."""
+    noise = torch.randn(shape, device=like.device, dtype=like.dtype)
+    if offset:
+        noise = noise + offset * torch.randn(shape[:2] + (1,) * (len(shape) - 2), device=like.device, dtype=like.dtype)
+    return noise
+
+
 def min_snr_weight(snr_t, gamma: float, prediction_type: str):
     """Min-SNR-γ (Hang et al. 2023) for the loss in each parameterisation: the ε-loss weight min(SNR, γ)/SNR
     becomes min(SNR, γ)/(SNR + 1) for v and min(SNR, γ) for x0, since ‖v̂−v‖² = (SNR+1)‖ε̂−ε‖²
     and ‖x̂0−x0‖² = ‖ε̂−ε‖²/SNR."""
     clipped = torch.minimum(snr_t, torch.full_like(snr_t, gamma))
     if prediction_type == "epsilon":
-        return clipped / snr_t
+        # min(SNR, γ)/SNR → 1 as SNR → 0: the limit, not 0/0, at a zero-terminal-SNR step
+        return torch.where(snr_t > 0, clipped / snr_t.clamp_min(torch.finfo(snr_t.dtype).tiny), torch.ones_like(snr_t))
     if prediction_type == "v_prediction":
         return clipped / (snr_t + 1)
     if prediction_type == "sample":
@@ -58,19 +68,24 @@ def min_snr_weight(snr_t, gamma: float, prediction_type: str):
 
 
 class DiffusionObjective:
-    """Discrete-time DDPM training: uniform t, a target per prediction type, optional min-SNR weights."""
+    """Discrete-time DDPM training: uniform t, a target per prediction type, optional min-SNR weights,
+    offset noise, and input perturbation (Ning et al. 2023: the network sees ε + γ·n, the target keeps ε)."""
 
-    def __init__(self, noise_scheduler, prediction_type: str, snr_gamma: float | None = None):
+    def __init__(self, noise_scheduler, prediction_type: str, snr_gamma: float | None = None,
+                 noise_offset: float = 0.0, input_perturbation: float = 0.0):
         self.alphas_cumprod = noise_scheduler.alphas_cumprod.clone()
         self.num_timesteps = noise_scheduler.config.num_train_timesteps
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
+        self.noise_offset = noise_offset
+        self.input_perturbation = input_perturbation
 
     def loss(self, predict: Callable, x0: torch.Tensor) -> torch.Tensor:
         """predict(x_t, t) → network output; returns the mean weighted MSE."""
-        noise = torch.randn_like(x0)
+        noise = offset_noise(x0.shape, self.noise_offset, like=x0)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        prediction = predict(add_noise(x0, noise, self.alphas_cumprod, t), t)
+        seen_noise = noise + self.input_perturbation * torch.randn_like(noise) if self.input_perturbation else noise
+        prediction = predict(add_noise(x0, seen_noise, self.alphas_cumprod, t), t)
         per_sample = F.mse_loss(
             prediction.float(), target(self.prediction_type, x0, noise, self.alphas_cumprod, t).float(),
             reduction="none",

@@ -37,7 +37,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
     unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
     scheduler = noise_scheduler_for(cfg)
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
-    objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma)
+    objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
+                                   cfg.input_perturbation)
 
     def loss(model, batch):
         x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)

@@ -83,3 +83,43 @@ def test_loss_is_zero_for_a_perfect_predictor(scheduler, x0_noise):
         assert objective.loss(oracle, x0).item() < 1e-8
         assert objective.loss(lambda x_t, t: torch.zeros_like(x_t), x0).item() > 1e-3
         assert seen["t"].min() >= 0 and seen["t"].max() < T
+
+
+def test_offset_noise_shifts_whole_channels():
+    like = torch.zeros(())
+    torch.manual_seed(0)
+    plain = objectives.offset_noise((256, 2, 8, 8), 0.0, like=like)
+    torch.manual_seed(0)
+    offset = objectives.offset_noise((256, 2, 8, 8), 0.5, like=like)
+    shift = offset - plain
+    assert torch.equal(plain, torch.randn((256, 2, 8, 8), generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)  # one constant per image+channel
+    assert 0.4 < shift[:, :, 0, 0].std().item() < 0.6
+
+
+def test_input_perturbation_changes_the_input_not_the_target(scheduler, x0_noise):
+    x0, _ = x0_noise
+    seen = {}
+
+    def record(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    for gamma in (0.0, 0.5):
+        torch.manual_seed(1)
+        loss = objectives.DiffusionObjective(scheduler, "epsilon", input_perturbation=gamma).loss(record, x0)
+        torch.manual_seed(1)
+        noise, t = torch.randn_like(x0), torch.randint(0, T, (3,))
+        clean_input = objectives.add_noise(x0, noise, scheduler.alphas_cumprod, t)
+        # the target is the unperturbed ε either way: a zero prediction scores mean(ε²)
+        assert loss.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-5)
+        assert torch.allclose(seen["x_t"], clean_input) == (gamma == 0.0)
+
+
+def test_zero_terminal_snr_weights_stay_finite():
+    zsnr = DDPMScheduler(num_train_timesteps=T, rescale_betas_zero_snr=True)
+    s = objectives.snr(zsnr.alphas_cumprod, STEPS)
+    assert s[2].item() == 0.0
+    for kind, at_zero in (("epsilon", 1.0), ("v_prediction", 0.0), ("sample", 0.0)):
+        w = objectives.min_snr_weight(s, 5.0, kind)
+        assert torch.isfinite(w).all() and w[2].item() == at_zero  # the SNR → 0 limits

@@ -1,8 +1,9 @@
 """The loop learns: trained on one image, DDIM-50 from pure noise reproduces it (the seed demo's sanity check)."""
 
+import pytest
 from diffusers import DDPMPipeline
 
-from conftest import OVERFIT_SIZE, psnr, red_circle
+from conftest import OVERFIT_SIZE, psnr, red_circle, train_overfit
 from difftrain.data import to_uint8
 from difftrain.pipelines import generate, unet_predictor
 from difftrain.schedulers import scheduler_from_training_config
@@ -19,4 +20,13 @@ def ddim50_psnr(folder) -> list[float]:
 def test_single_image_overfit_epsilon(overfit_epsilon_model):
     scores = ddim50_psnr(overfit_epsilon_model)
     print("PSNR dB", [round(s, 1) for s in scores])
+    assert min(scores) >= 25, scores
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_single_image_overfit_v_and_x0(one_image_dataset, tmp_path, prediction_type):
+    folder = train_overfit(one_image_dataset, tmp_path / prediction_type, prediction_type)
+    assert DDPMPipeline.from_pretrained(folder).scheduler.config.prediction_type == prediction_type
+    scores = ddim50_psnr(folder)
+    print(prediction_type, "PSNR dB", [round(s, 1) for s in scores])
     assert min(scores) >= 25, scores

@@ -212,3 +212,13 @@ def test_wandb_offline(tmp_path, train_unconditional, monkeypatch):
                                "--max_train_steps", 2, "--validation_steps", 2) == 0
     runs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_objective_flags_reach_the_saved_scheduler(tmp_path, train_unconditional):
+    out = tmp_path / "run"
+    assert train_unconditional(*TINY, "--output_dir", out, "--max_train_steps", 3, "--validation_steps", 3,
+                               "--prediction_type", "v_prediction", "--rescale_betas_zero_snr", "--snr_gamma", 5,
+                               "--noise_offset", 0.05, "--input_perturbation", 0.1) == 0
+    scheduler = DDPMPipeline.from_pretrained(out).scheduler
+    assert scheduler.config.rescale_betas_zero_snr is True and scheduler.alphas_cumprod[-1] < 1e-6
+    assert scheduler.config.prediction_type == "v_prediction"

@@ -76,6 +76,11 @@ class TrainConfig:
     snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (5.0 is the paper's choice).")
     noise_offset: float = opt(0.0, "Offset noise scale (e.g. 0.05): lets the model learn very dark/bright images.")
     input_perturbation: float = opt(0.0, "Input perturbation scale (0.1 in the paper); the target stays the noise.")
+    objective: str = opt("ddpm", "ddpm: discrete timesteps (DDPMScheduler); edm: Karras et al. 2022 preconditioning.",
+                         choices=["ddpm", "edm"])
+    edm_p_mean: float = opt(-1.2, "EDM: mean of log sigma during training.")
+    edm_p_std: float = opt(1.2, "EDM: standard deviation of log sigma during training.")
+    sigma_data: float = opt(0.5, "EDM: standard deviation of the data (0.5 for images in [-1, 1]).")
     rescale_betas_zero_snr: bool = opt(
         False, "Zero terminal SNR (Lin et al. 2023); pair with v_prediction and trailing spacing at sampling."
     )
@@ -141,6 +146,9 @@ class TrainConfig:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {value}).")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive (got {self.learning_rate}).")
+        if self.objective == "edm" and (self.snr_gamma is not None or self.prediction_type not in (None, "epsilon")):
+            raise UserError("--objective edm has its own preconditioning and loss weight; drop --snr_gamma and "
+                            "--prediction_type.")
         if self.train_data_dir is None and self.dataset_name is None:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
 

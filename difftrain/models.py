@@ -6,7 +6,7 @@ import difflib
 import inspect
 from pathlib import Path
 
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
 from .errors import UserError
 
@@ -64,9 +64,11 @@ def load_pretrained_unet(path: str, model_cls=UNet2DModel):
         ) from None
 
 
-def noise_scheduler_for(cfg) -> DDPMScheduler:
+def noise_scheduler_for(cfg):
     """The training scheduler: the pretrained one when continuing (its betas), else built from the flags.
     An explicit --prediction_type always wins; it is written into the saved scheduler config."""
+    if cfg.objective == "edm":
+        return EDMEulerScheduler(sigma_data=cfg.sigma_data, prediction_type="epsilon")
     if cfg.pretrained_model_name_or_path:
         try:
             scheduler = DDPMScheduler.from_pretrained(cfg.pretrained_model_name_or_path, subfolder="scheduler")

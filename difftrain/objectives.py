@@ -94,3 +94,39 @@ class DiffusionObjective:
             per_sample = per_sample * min_snr_weight(snr(self.alphas_cumprod, t.cpu()), self.snr_gamma,
                                                      self.prediction_type).to(per_sample.device)
         return per_sample.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# EDM (Karras et al. 2022): continuous σ, preconditioning around the network, loss weight λ(σ).
+
+
+def edm_scalings(sigma, sigma_data: float):
+    """Table 1 of the EDM paper: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise)."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), 0.25 * sigma.log()
+
+
+def edm_weight(sigma, sigma_data: float):
+    """λ(σ) = (σ² + σ_d²) / (σ·σ_d)², which makes the effective target of F unit-variance at every σ."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_denoise(predict: Callable, noisy, sigma, sigma_data: float):
+    """D(x; σ) with the network F = predict(c_in·x, c_noise); sigma broadcasts against noisy."""
+    c_skip, c_out, c_in, c_noise = edm_scalings(sigma, sigma_data)
+    return c_skip * noisy + c_out * predict(c_in * noisy, c_noise.flatten()).float()
+
+
+class EDMObjective:
+    """σ ~ log-normal(P_mean, P_std); loss λ(σ)·‖D(x0 + σn; σ) − x0‖². diffusers' EDM schedulers apply the same
+    preconditioning at sampling time (their prediction_type "epsilon" is this c_out)."""
+
+    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2):
+        self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
+
+    def loss(self, predict: Callable, x0: torch.Tensor) -> torch.Tensor:
+        shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+        sigma = (torch.randn(shape, device=x0.device) * self.p_std + self.p_mean).exp()
+        noisy = x0.float() + sigma * torch.randn_like(x0, dtype=torch.float32)
+        denoised = edm_denoise(predict, noisy, sigma, self.sigma_data)
+        return (edm_weight(sigma, self.sigma_data) * (denoised - x0.float()) ** 2).mean()

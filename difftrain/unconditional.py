@@ -6,7 +6,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 
 from .data import augment, load_training_images
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
-from .objectives import DiffusionObjective
+from .objectives import DiffusionObjective, EDMObjective
 from .pipelines import sample_grid
 from .trainer import Recipe
 
@@ -35,10 +35,13 @@ def build_recipe(cfg, accelerator) -> Recipe:
     with accelerator.main_process_first():  # rank 0 decodes and caches; the others then read the cache
         dataset = load_training_images(cfg)
     unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
-    scheduler = noise_scheduler_for(cfg)
+    scheduler = noise_scheduler_for(cfg)  # for EDM: an EDMEulerScheduler, so sampling applies the same scalings
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
-    objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
-                                   cfg.input_perturbation)
+    if cfg.objective == "edm":
+        objective = EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)
+    else:
+        objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
+                                       cfg.input_perturbation)
 
     def loss(model, batch):
         x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)

@@ -80,7 +80,7 @@ OVERFIT_UNET = ('{"block_out_channels": [32, 64], "layers_per_block": 1, "norm_n
                 ' "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}')
 
 
-def train_overfit(data_dir, out, prediction_type="epsilon", steps=600) -> Path:
+def train_overfit(data_dir, out, prediction_type="epsilon", steps=600, extra=()) -> Path:
     """Train a small UNet on one image (64 copies per batch, so a batch holds 64 noise levels of it)."""
     import train_unconditional as script
 
@@ -89,7 +89,7 @@ def train_overfit(data_dir, out, prediction_type="epsilon", steps=600) -> Path:
         "--prediction_type", prediction_type, "--train_batch_size", 64, "--max_train_steps", steps,
         "--learning_rate", 2e-3, "--lr_scheduler", "constant", "--lr_warmup_steps", 0, "--use_ema",
         "--checkpointing_steps", 10_000, "--validation_steps", 10_000, "--save_model_epochs", 10_000,
-        "--report_to", "none", "--seed", 0,
+        "--report_to", "none", "--seed", 0, *extra,
     ]) == 0
     return Path(out)
 

@@ -123,3 +123,57 @@ def test_zero_terminal_snr_weights_stay_finite():
     for kind, at_zero in (("epsilon", 1.0), ("v_prediction", 0.0), ("sample", 0.0)):
         w = objectives.min_snr_weight(s, 5.0, kind)
         assert torch.isfinite(w).all() and w[2].item() == at_zero  # the SNR → 0 limits
+
+
+SIGMAS = torch.tensor([0.002, 0.5, 80.0])
+
+
+def test_edm_scalings_and_weight_by_formula():
+    sd = 0.5
+    c_skip, c_out, c_in, c_noise = objectives.edm_scalings(SIGMAS, sd)
+    lam = objectives.edm_weight(SIGMAS, sd)
+    for i, s in enumerate(SIGMAS.tolist()):
+        assert c_skip[i].item() == pytest.approx(sd**2 / (s**2 + sd**2), rel=1e-5)
+        assert c_out[i].item() == pytest.approx(s * sd / math.sqrt(s**2 + sd**2), rel=1e-5)
+        assert c_in[i].item() == pytest.approx(1 / math.sqrt(s**2 + sd**2), rel=1e-5)
+        assert c_noise[i].item() == pytest.approx(math.log(s) / 4, rel=1e-5)
+        assert lam[i].item() == pytest.approx((s**2 + sd**2) / (s * sd) ** 2, rel=1e-5)
+    # λ · c_out² = 1: the weighted loss is the plain MSE of F against its effective target
+    assert torch.allclose(lam * c_out**2, torch.ones(3), rtol=1e-5)
+
+
+def test_edm_preconditioning_round_trip_matches_diffusers(x0_noise):
+    """A network that outputs the right F makes D(x; σ) give x0 exactly; diffusers' EDM scheduler agrees."""
+    from diffusers import EDMEulerScheduler
+
+    x0, n = x0_noise
+    sd, sigma = 0.5, SIGMAS.reshape(3, 1, 1, 1)
+    noisy = x0 + sigma * n
+    c_skip, c_out, c_in, c_noise = objectives.edm_scalings(sigma, sd)
+    seen = {}
+
+    def right_f(scaled, noise_level):
+        seen["in"], seen["t"] = scaled, noise_level
+        return (x0 - c_skip * noisy) / c_out  # the F for which D = x0
+
+    denoised = objectives.edm_denoise(right_f, noisy, sigma, sd)
+    assert torch.allclose(denoised, x0, atol=1e-4)
+    assert torch.allclose(seen["in"], noisy * c_in) and torch.allclose(seen["t"], SIGMAS.log() / 4)
+    edm = EDMEulerScheduler(sigma_data=sd)
+    for i in range(3):
+        ours = objectives.edm_denoise(lambda x, t: torch.ones_like(x), noisy[i : i + 1], sigma[i : i + 1], sd)
+        theirs = edm.precondition_outputs(noisy[i : i + 1], torch.ones_like(x0[:1]), SIGMAS[i])
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_edm_loss_is_zero_for_the_right_network(x0_noise):
+    x0, _ = x0_noise
+    objective = objectives.EDMObjective()
+
+    def oracle(scaled, c_noise):
+        sigma = (4 * c_noise).exp().reshape(-1, 1, 1, 1)
+        c_skip, c_out, c_in, _ = objectives.edm_scalings(sigma, 0.5)
+        return (x0 - c_skip * scaled / c_in) / c_out
+
+    assert objective.loss(oracle, x0).item() < 1e-6
+    assert objective.loss(lambda s, c: torch.zeros_like(s), x0).item() > 0.1

@@ -218,7 +218,9 @@ def test_objective_flags_reach_the_saved_scheduler(tmp_path, train_unconditional
     out = tmp_path / "run"
     assert train_unconditional(*TINY, "--output_dir", out, "--max_train_steps", 3, "--validation_steps", 3,
                                "--prediction_type", "v_prediction", "--rescale_betas_zero_snr", "--snr_gamma", 5,
-                               "--noise_offset", 0.05, "--input_perturbation", 0.1) == 0
+                               "--noise_offset", 0.05, "--input_perturbation", 0.1,
+                               "--ddpm_beta_schedule", "squaredcos_cap_v2") == 0
     scheduler = DDPMPipeline.from_pretrained(out).scheduler
     assert scheduler.config.rescale_betas_zero_snr is True and scheduler.alphas_cumprod[-1] < 1e-6
     assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.beta_schedule == "squaredcos_cap_v2"

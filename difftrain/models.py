@@ -1,4 +1,4 @@
-"""Build or load the networks and the training noise scheduler."""
+"""Build or load the UNets and the training noise scheduler (text encoders: text.py; VAEs: latents.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,20 @@ import difflib
 import inspect
 from pathlib import Path
 
+import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
 from .errors import UserError
 
 
-def check_resolution(resolution: int, unet_config) -> None:
-    default = inspect.signature(UNet2DModel.__init__).parameters["block_out_channels"].default
-    blocks = len(unet_config.get("block_out_channels", default))
-    factor = 2 ** (blocks - 1)  # every block but the last halves the size
+def downsampling_factor(unet_config, model_cls=UNet2DModel) -> int:
+    default = inspect.signature(model_cls.__init__).parameters["block_out_channels"].default
+    return 2 ** (len(unet_config.get("block_out_channels", default)) - 1)  # every block but the last halves the size
+
+
+def check_resolution(resolution: int, unet_config, model_cls=UNet2DModel) -> None:
+    factor = downsampling_factor(unet_config, model_cls)
+    blocks = factor.bit_length()
     if resolution % factor:
         fixed = max(factor, round(resolution / factor) * factor)
         raise UserError(
@@ -47,17 +52,21 @@ def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNe
     """A fresh UNet from config arguments; size and channels come from the data."""
     config = {k: v for k, v in unet_args.items() if not k.startswith("_")}
     _check_keys(model_cls, config, "unet")
-    check_resolution(resolution, config)
+    check_resolution(resolution, config, model_cls)
     for key, value in (("sample_size", resolution), ("in_channels", channels), ("out_channels", channels)):
         if config.get(key, value) != value:
             raise UserError(f"unet.{key} is {config[key]} but the data gives {value}; drop it from the config.")
         config[key] = value
-    return model_cls(**config, **extra)
+    for key, value in extra.items():  # e.g. cross_attention_dim, set by the text encoder's width
+        if config.get(key, value) != value:
+            raise UserError(f"unet.{key} is {config[key]} but must be {value} here; drop it from the config.")
+        config[key] = value
+    return model_cls(**config)
 
 
-def load_pretrained_unet(path: str, model_cls=UNet2DModel):
-    try:
-        return model_cls.from_pretrained(path, subfolder="unet")
+def load_pretrained_unet(path: str, model_cls=UNet2DModel, revision: str | None = None):
+    try:  # float32 whatever the saved dtype: these are the weights being trained
+        return model_cls.from_pretrained(path, subfolder="unet", revision=revision, torch_dtype=torch.float32)
     except Exception as e:
         raise UserError(
             f"--pretrained_model_name_or_path {path}: cannot load unet/ ({str(e).splitlines()[0]})."
@@ -87,3 +96,20 @@ def noise_scheduler_for(cfg):
         prediction_type=cfg.prediction_type or "epsilon",
         rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
     )
+
+
+def module_fingerprint(module, *extra: str) -> str:
+    """A content hash of a frozen network (class, config, a checksum of every weight): the key of caches
+    computed with it, so changed weights in the same folder never reuse stale embeddings or latents."""
+    import hashlib
+
+    h = hashlib.sha256(type(module).__name__.encode())
+    config = module.config
+    h.update((config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else str(dict(config))).encode())
+    for item in extra:
+        h.update(item.encode())
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            p = p.double()
+            h.update(f"{name} {p.sum().item():.10e} {p.abs().sum().item():.10e}".encode())
+    return h.hexdigest()[:20]

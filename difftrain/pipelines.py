@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image, ImageDraw
 
 from .data.images import to_uint8
@@ -104,15 +105,55 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
 
 
 def sample_grid(unet, training_scheduler_config, *, num_images: int, steps: int, seed: int = 0,
-                scheduler: str | None = None) -> Image.Image:
+                scheduler: str | None = None, predict: Callable | None = None, shape: tuple[int, ...] | None = None,
+                decode: Callable | None = None, cols: int | None = None) -> Image.Image:
     """Deterministic samples (DDIM at eta 0; EDM Euler for EDM models) from fixed seeds, so grids from different
-    steps of a run compare."""
+    steps of a run compare. predict: the network (default: unconditional); decode: latents → images."""
     from .schedulers import default_scheduler, scheduler_from_training_config
 
     name = scheduler or default_scheduler(training_scheduler_config)
     sampler = scheduler_from_training_config(name, training_scheduler_config)
     param = next(unet.parameters())
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    images = generate(unet_predictor(unet), sampler, shape, list(range(seed, seed + num_images)), steps,
-                      param.device, param.dtype)
-    return image_grid(to_uint8(images))
+    shape = shape or (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    images = generate(predict or unet_predictor(unet), sampler, shape, list(range(seed, seed + num_images)), steps,
+                      param.device, torch.float32)
+    return image_grid(to_uint8(decode(images) if decode else images), cols)
+
+
+class TextToImagePipeline(DiffusionPipeline):
+    """A UNet2DConditionModel conditioned on a frozen text encoder's token states, in pixel space (or in a VAE's
+    latent space when it has one): what train_text_to_image.py writes when it trains from scratch.
+
+        pipe = TextToImagePipeline.from_pretrained("t2i-mnist")
+        images = pipe("a handwritten digit three", guidance_scale=3).images
+
+    Image k comes from a generator seeded `seed + k` alone, as in sample.py. Swap samplers the diffusers way:
+    `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (the saved one is the training DDPM)."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None):
+        super().__init__()
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, num_inference_steps: int = 50,
+                 guidance_scale: float = 3.0, num_images_per_prompt: int = 1, seed: int = 0, output_type: str = "pil"):
+        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+        from .latents import decode
+        from .text import TextEncoder
+
+        prompts = [p for p in ([prompt] if isinstance(prompt, str) else prompt) for _ in range(num_images_per_prompt)]
+        encoder = TextEncoder(self.tokenizer, self.text_encoder, "pipeline")
+        cond = encoder.encode(prompts)
+        uncond = encoder.encode([negative_prompt or ""] * len(prompts)) if guidance_scale != 1.0 else None
+        size = self.unet.config.sample_size
+        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        x = generate(guided_predictor(self.unet, cond, uncond, guidance_scale), self.scheduler, shape,
+                     list(range(seed, seed + len(prompts))), num_inference_steps, self.device)
+        images = to_uint8(decode(self.vae, x) if self.vae is not None else x).permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return ImagePipelineOutput(images=images.astype(np.float32) / 255.0)
+        return ImagePipelineOutput(images=[Image.fromarray(i[:, :, 0] if i.shape[2] == 1 else i) for i in images])

@@ -38,7 +38,7 @@ from .schedulers import (
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*"]
+HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "vae/*"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,6 +55,7 @@ class Model:
     weights: str  # "unet" or "unet_ema"
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: latents → images in [-1, 1]
 
     @property
     def conditional(self) -> bool:
@@ -145,31 +146,34 @@ def training_scheduler_config(run: Path) -> dict:
         except (OSError, ValueError) as e:
             raise UserError(f"{saved}: not a readable scheduler config ({_first_line(e)}).") from None
     if (run / "training_config.yaml").is_file():
-        train_cfg = config.from_dict(config.TrainConfig, config.load_yaml(str(run / "training_config.yaml")),
-                                     source=str(run / "training_config.yaml"))
+        values = config.load_yaml(str(run / "training_config.yaml"))
+        cls = config.TextToImageConfig if "caption_column" in values else config.TrainConfig
+        train_cfg = config.from_dict(cls, values, source=str(run / "training_config.yaml"))
         return dict(noise_scheduler_for(train_cfg).config)
     raise UserError(f"{run}: no scheduler/ and no training_config.yaml, so the training noise schedule is unknown; "
                     "pass the run's output_dir or a checkpoint inside it.")
 
 
 def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
-    """prompts → encoder hidden states, from the text_encoder/ and tokenizer/ saved beside the UNet.
-    Design slot for the text-to-image trainer (a later issue), which must encode captions the same way;
-    when it exists, this should call its encoding function rather than repeat it."""
+    """prompts → encoder hidden states, from the text_encoder/ and tokenizer/ saved beside the UNet, encoded
+    exactly as the text-to-image trainer encodes captions."""
     if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
         return None
-    from transformers import AutoModel, AutoTokenizer
+    from .text import TextEncoder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    encoder = AutoModel.from_pretrained(str(folder / "text_encoder")).to(device=device, dtype=dtype).eval()
+    encoder = TextEncoder.load(str(folder), tokenizer_subfolder="tokenizer", text_encoder_subfolder="text_encoder",
+                               flag="--model").to(device, dtype)
+    return encoder.encode
 
-    @torch.no_grad()
-    def encode(prompts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                           max_length=min(tokenizer.model_max_length, 77)).to(device)
-        return encoder(**tokens).last_hidden_state
 
-    return encode
+def _latent_decoder(folder: Path, device, dtype) -> Callable | None:
+    """latents → images in [-1, 1], from the vae/ saved beside the UNet (latent-space models only)."""
+    if not (folder / "vae").is_dir():
+        return None
+    from .latents import decode, load_vae
+
+    vae = load_vae(str(folder / "vae"), flag="--model").to(device, dtype)
+    return lambda latents: decode(vae, latents)
 
 
 def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32) -> Model:
@@ -192,7 +196,8 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
                         "(no unet/); pass a training run's output_dir or one of its checkpoint-N folders.")
     unet = _load_unet(folder / weights, dtype).to(device).eval()
     return Model(unet=unet, scheduler_config=training_scheduler_config(run), path=folder.resolve(), weights=weights,
-                 samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype))
+                 samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
+                 decode=_latent_decoder(run, device, dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +272,7 @@ def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batc
             indices = range(first, first + len(batch))
             predict = counted(_predictor(model, indices, prompts, negative_prompt, guidance_scale))
             x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32, **step_kwargs)
-            batches.append(to_uint8(x).cpu())  # .cpu() waits for the device, so the clock is honest
+            batches.append(to_uint8(model.decode(x) if model.decode else x).cpu())  # .cpu() waits for the device, so the clock is honest
             bar.update(len(batch))
     n_batches = -(-len(seeds) // batch_size)
     return Samples(torch.cat(batches), time.perf_counter() - start, calls // n_batches)

@@ -34,6 +34,7 @@ class Recipe:
     save_pipeline: Callable  # (unwrapped model with the weights to ship, folder) → writes the pipeline
     sample_grid: Callable  # (unwrapped model) → PIL image from fixed seeds
     pipeline_class: str
+    save_frozen: Callable | None = None  # (folder) → writes the components that do not train, once at the start
 
 
 def check_output_dir(cfg, resuming: bool) -> None:
@@ -114,6 +115,8 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
             for stale in checkpoints.list_checkpoints(out):  # else 'latest' could pick another run's state
                 shutil.rmtree(stale)
         config.dump(cfg, out / "training_config.yaml")
+        if recipe.save_frozen is not None:
+            recipe.save_frozen(out)
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg))
 
     sampler = EpochSampler(len(recipe.dataset), cfg.seed)
@@ -214,7 +217,7 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            window_images += len(batch["pixels"]) * accelerator.num_processes
+            window_images += len(batch["caption_ids" if "caption_ids" in batch else "pixels"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             lr_scheduler.step()

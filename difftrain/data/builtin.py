@@ -1,6 +1,7 @@
 """Datasets that ship inside packages, so the default run needs no network.
 
-Each becomes an ordinary 🤗 `Dataset` with the Hub's column layout (`image`, `label`) and is written
+Each becomes an ordinary 🤗 `Dataset` with the Hub's column layout (`image`, `label`), plus `text`: captions
+for text-to-image, several phrasings per image (one is picked at random per sample). It is written
 once with `save_to_disk`, so later runs memory-map it and `map` caches land beside it.
 """
 
@@ -23,6 +24,19 @@ FASHION_MNIST_CLASSES = [
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
 DIGITS = [str(d) for d in range(10)]
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# Several phrasings per class, one picked at random per sample: prompts in either style are in distribution.
+MNIST_TEMPLATES = ["a handwritten digit {word}", "a handwritten digit {digit}", "the number {digit}",
+                   "the number {word}", "a handwritten {digit}", "a black and white image of the digit {word}"]
+FASHION_TEMPLATES = ["a photo of {a} {name}", "a picture of {a} {name}", "a black and white photo of {a} {name}",
+                     "{a} {name}", "a small image of {a} {name}"]
+
+
+def class_captions(name: str, label_names: list[str]) -> list[list[str]]:
+    """Captions for each class of a built-in dataset: "a handwritten digit seven", "a photo of a sneaker"..."""
+    if name == "mnist":
+        return [[t.format(word=DIGIT_WORDS[int(d)], digit=d) for t in MNIST_TEMPLATES] for d in label_names]
+    return [[t.format(a="an" if c[0] in "aeiou" else "a", name=c) for t in FASHION_TEMPLATES] for c in label_names]
 
 
 def _mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -74,11 +88,14 @@ def load_builtin(name: str, split: str, cache_dir: str | None = None):
     reader, splits = BUILTINS[name]
     if split not in splits:
         raise UserError(f"built-in {name} has splits {', '.join(splits)}; --split {split} is not one of them.")
-    folder = builtin_cache_root(cache_dir) / f"{name}-{split}"
+    folder = builtin_cache_root(cache_dir) / f"{name}-{split}-v2"  # v2: with the text column
     if not (folder / "state.json").is_file():
         images, labels, names = reader(split)
-        features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=names))
-        ds = datasets.Dataset.from_dict({"image": list(images), "label": labels}, features=features)
+        captions = class_captions(name, names)
+        features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=names),
+                                     text=datasets.Sequence(datasets.Value("string")))
+        ds = datasets.Dataset.from_dict({"image": list(images), "label": labels,
+                                         "text": [captions[y] for y in labels]}, features=features)
         # Written beside, then renamed: an interrupted build is never mistaken for a finished one.
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

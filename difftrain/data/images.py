@@ -55,10 +55,9 @@ def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_cro
     return np.ascontiguousarray(arr)
 
 
-def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str,
-                   keep_columns=()):
+def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str):
     """Decode + resize every image once (🤗 datasets caches the result beside the source) and return
-    a dataset whose items are {"pixels": uint8 CHW array, *keep_columns}."""
+    a dataset whose items are {"pixels": uint8 CHW array}."""
     import datasets
 
     if len(ds) == 0:
@@ -71,8 +70,7 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
         arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop) for v in batch[image_column]]
         return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
 
-    drop = [c for c in ds.column_names if c not in keep_columns]
-    ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=drop,
+    ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=ds.column_names,
                 desc=f"Decoding images at {resolution}px (once; cached)")
     return ds.with_transform(_to_arrays)
 
@@ -91,7 +89,10 @@ def collate(examples: list[dict]) -> dict:
     for key in examples[0]:
         if key != "pixels":
             values = [e[key] for e in examples]
-            batch[key] = torch.tensor(values) if isinstance(values[0], (int, float)) else values
+            if isinstance(values[0], np.ndarray):
+                batch[key] = torch.from_numpy(np.stack(values))
+            else:
+                batch[key] = torch.tensor(values) if isinstance(values[0], (int, float)) else values
     return batch
 
 

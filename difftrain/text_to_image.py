@@ -1,0 +1,216 @@
+"""The text-to-image recipe: a UNet2DConditionModel on captioned images, conditioned on a FROZEN text encoder,
+in pixel space or a frozen VAE's latent space. From scratch it writes a TextToImagePipeline folder; fine-tuning a
+Stable-Diffusion-format pipeline it writes a StableDiffusionPipeline folder whose scheduler is the one trained with.
+
+Speed: the text encoder runs once per unique caption (CaptionEmbeddings, cached on disk); with --cache_latents
+the VAE runs once per image (and once per mirror image with --random_flip)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+
+from .data import augment, load_source_images
+from .data.captions import EMPTY, caption_candidates, index_captions, pick_captions
+from .errors import UserError
+from .latents import (
+    cache_latents,
+    check_latent_resolution,
+    decode,
+    encode_distribution,
+    latent_cache_root,
+    latents_from_distribution,
+    load_vae,
+)
+from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
+from .objectives import DiffusionObjective, EDMObjective
+from .pipelines import guided_predictor, sample_grid
+from .text import CaptionEmbeddings, TextEncoder, default_text_encoder_path, text_cache_root
+from .trainer import Recipe
+
+SD_COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Sources:
+    """Where each frozen component comes from: read again, in its saved dtype, when the pipeline is written."""
+
+    text_encoder: tuple[str, str | None, str | None]  # (path, tokenizer subfolder, text_encoder subfolder)
+    vae: str | None
+    pipeline_class: str  # "TextToImagePipeline" or "StableDiffusionPipeline"
+
+
+def resolve_sources(cfg) -> Sources:
+    """Which folders hold the text encoder and VAE; a pretrained pipeline missing a component names it."""
+    pretrained = cfg.pretrained_model_name_or_path
+    pipeline_class, has_vae = "TextToImagePipeline", False
+    if pretrained:
+        root = Path(pretrained)
+        if root.is_dir():
+            index = root / "model_index.json"
+            pipeline_class = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+            needs = SD_COMPONENTS if pipeline_class != "TextToImagePipeline" else SD_COMPONENTS[:-2] + ("unet",)
+            missing = [c for c in needs if not (root / c).is_dir()]
+            if missing:
+                raise UserError(f"--pretrained_model_name_or_path {pretrained}: no {', '.join(m + '/' for m in missing)} "
+                                f"folder; a Stable-Diffusion-format pipeline has {', '.join(SD_COMPONENTS)}.")
+            has_vae = (root / "vae").is_dir()
+        else:  # a Hub id: Stable Diffusion layout
+            has_vae = True
+        pipeline_class = "StableDiffusionPipeline" if pipeline_class != "TextToImagePipeline" else pipeline_class
+    if cfg.text_encoder_name_or_path:
+        text = (cfg.text_encoder_name_or_path, None, None)
+    elif pretrained:
+        text = (pretrained, "tokenizer", "text_encoder")
+    else:
+        text = (default_text_encoder_path(), None, None)
+    vae = cfg.vae_name_or_path or (pretrained if has_vae else None)
+    return Sources(text, vae, pipeline_class)
+
+
+def load_text_encoder(cfg, sources: Sources) -> TextEncoder:
+    path, tok_sub, enc_sub = sources.text_encoder
+    flag = "--text_encoder_name_or_path" if cfg.text_encoder_name_or_path or not tok_sub else \
+        "--pretrained_model_name_or_path"
+    return TextEncoder.load(path, tokenizer_subfolder=tok_sub, text_encoder_subfolder=enc_sub, flag=flag,
+                            revision=cfg.revision if tok_sub else None)
+
+
+def make_unet(cfg, encoder: TextEncoder, resolution: int, channels: int) -> UNet2DConditionModel:
+    if cfg.pretrained_model_name_or_path:
+        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel, cfg.revision)
+        if unet.config.cross_attention_dim != encoder.width:
+            raise UserError(f"the UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder "
+                            f"gives {encoder.width}-wide states; pick a matching --text_encoder_name_or_path.")
+        return unet
+    architecture = cfg.unet
+    if cfg.model_config_name_or_path:
+        architecture = {k: v for k, v in load_unet_config(cfg.model_config_name_or_path, "--model_config_name_or_path",
+                                                          UNet2DConditionModel).items()
+                        if k not in ("sample_size", "in_channels", "out_channels", "cross_attention_dim")}
+    return build_unet(architecture, resolution=resolution, channels=channels, model_cls=UNet2DConditionModel,
+                      cross_attention_dim=encoder.width)
+
+
+class CaptionedImages(torch.utils.data.Dataset):
+    """Items {"pixels": uint8 CHW} or {"latents": the cached distributions}, plus {"caption_ids": [ids]}."""
+
+    def __init__(self, images, caption_ids: list[list[int]], latents: np.ndarray | None = None):
+        self.images, self.caption_ids, self.latents = images, caption_ids, latents
+
+    def __len__(self) -> int:
+        return len(self.caption_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"latents": np.asarray(self.latents[i])} if self.latents is not None else dict(self.images[i])
+        return {**item, "caption_ids": self.caption_ids[i]}
+
+
+def build_recipe(cfg, accelerator) -> Recipe:
+    device = accelerator.device
+    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    sources = resolve_sources(cfg)
+    encoder = load_text_encoder(cfg, sources)
+    vae = load_vae(sources.vae, flag="--vae_name_or_path" if cfg.vae_name_or_path else
+                   "--pretrained_model_name_or_path", revision=None if cfg.vae_name_or_path else cfg.revision) \
+        if sources.vae else None
+    if cfg.pretrained_model_name_or_path:
+        architecture = load_unet_config(cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path",
+                                        UNet2DConditionModel)
+    else:
+        architecture = cfg.unet
+    if vae is not None:
+        size = check_latent_resolution(cfg.resolution, vae, architecture, UNet2DConditionModel)
+    else:
+        check_resolution(cfg.resolution, architecture, UNet2DConditionModel)
+        size = cfg.resolution
+
+    with accelerator.main_process_first():  # rank 0 decodes, encodes and caches; the others read the caches
+        source, images = load_source_images(cfg)
+        captions, caption_ids = index_captions(caption_candidates(source, cfg.caption_column), cfg.validation_prompts)
+        encoder.to(device, weight_dtype)
+        table = CaptionEmbeddings.build(encoder, captions, text_cache_root(cfg.cache_dir), dtype=weight_dtype,
+                                        device=device)
+        encoder.to("cpu")  # every caption is in the table: the encoder is not needed on the device any more
+        latents = None
+        if vae is not None:
+            vae.to(device, weight_dtype)
+            if cfg.cache_latents:
+                if not cfg.center_crop and any(p.shape[-2:] != (cfg.resolution,) * 2 for p in images[:8]["pixels"]):
+                    warnings.warn("--cache_latents encodes the centre crop of non-square images (random crops would "
+                                  "need one latent per crop); pass --center_crop to say so.", stacklevel=1)
+                latents = cache_latents(vae, images, cfg.resolution, latent_cache_root(cfg.cache_dir),
+                                        flipped=cfg.random_flip)
+    channels = vae.config.latent_channels if vae is not None else images[0]["pixels"].shape[0]
+    unet = make_unet(cfg, encoder, size, channels)
+    scheduler = noise_scheduler_for(cfg)
+    cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
+    if cfg.objective == "edm":
+        objective = EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)
+    else:
+        objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
+                                       cfg.input_perturbation)
+
+    def model_input(batch) -> torch.Tensor:
+        if latents is not None:  # cached distributions: (B, 1 or 2 views, 2C, h, w); view 1 is the mirror image
+            params = batch["latents"].to(device)
+            if params.shape[1] == 2:
+                flip = (torch.rand(params.shape[0]) < 0.5).long().to(device)
+                params = params[torch.arange(params.shape[0], device=device), flip]
+            else:
+                params = params[:, 0]
+            return latents_from_distribution(vae.config, params)
+        x = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=device)
+        return latents_from_distribution(vae.config, encode_distribution(vae, x)) if vae is not None else x
+
+    def loss(model, batch):
+        context = table.lookup(pick_captions(batch["caption_ids"], cfg.caption_dropout)).float()
+        return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample, model_input(batch))
+
+    prompts = cfg.validation_prompts
+    per_prompt = -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
+
+    def grid(model):
+        cond = table.embed([p for _ in range(per_prompt) for p in prompts]).float()
+        uncond = table.lookup([EMPTY] * len(cond)).float()
+        return sample_grid(model, scheduler.config, num_images=len(cond), steps=cfg.validation_inference_steps,
+                           predict=guided_predictor(model, cond, uncond, cfg.validation_guidance_scale),
+                           shape=(channels, size, size), decode=(lambda x: decode(vae, x)) if vae is not None else None,
+                           cols=len(prompts))
+
+    def save_frozen(folder: Path) -> None:
+        """The frozen components, read again from their source in their saved dtype (the training copies may be
+        fp16/bf16), written once at the start so every checkpoint-N/ of the run is samplable at once."""
+        fresh = load_text_encoder(cfg, sources)
+        fresh.model.save_pretrained(folder / "text_encoder")
+        fresh.tokenizer.save_pretrained(folder / "tokenizer")
+        if sources.vae:
+            load_vae(sources.vae, revision=None if cfg.vae_name_or_path else cfg.revision).save_pretrained(folder / "vae")
+
+    def save_pipeline(model, folder: Path) -> None:
+        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included)."""
+        from diffusers import StableDiffusionPipeline
+
+        from .pipelines import TextToImagePipeline
+
+        if sources.pipeline_class == "StableDiffusionPipeline":
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=model,
+                                           scheduler=scheduler,
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        else:
+            pipe = TextToImagePipeline(unet=model, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
+                                       scheduler=scheduler, vae=vae)
+        pipe.save_config(str(folder))  # model_index.json; the frozen components are on disk since the start
+        model.save_pretrained(str(folder / "unet"))
+        scheduler.save_pretrained(str(folder / "scheduler"))
+
+    return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, latents), loss=loss,
+                  save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
+                  save_frozen=save_frozen)

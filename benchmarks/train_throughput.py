@@ -28,9 +28,10 @@ VARIANTS = {  # name: (flags, environment)
 }
 
 
-def run_variant(config: str, steps: int, flags: list[str], env: dict, workdir: Path) -> dict:
+def run_variant(config: str, steps: int, flags: list[str], env: dict, workdir: Path,
+                script: str = "train_unconditional.py") -> dict:
     out = workdir / "out"
-    cmd = [sys.executable, str(ROOT / "train_unconditional.py"), "--config", config, "--output_dir", str(out),
+    cmd = [sys.executable, str(ROOT / script), "--config", config, "--output_dir", str(out),
            "--max_train_steps", str(steps), "--checkpointing_steps", "100000", "--validation_steps", "100000",
            "--save_model_epochs", "100000", "--report_to", "tensorboard", "--seed", "0", *flags]
     log = workdir / "stderr.txt"

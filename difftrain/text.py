@@ -48,7 +48,9 @@ class TextEncoder:
         """From a folder holding both (a sentence-transformers or CLIP text model folder), a Stable-Diffusion-format
         pipeline's tokenizer/ and text_encoder/ subfolders, or a Hub id."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # a bar per load of a frozen encoder is noise on stderr
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder=tokenizer_subfolder or "",
                                                       revision=revision)
@@ -116,8 +118,7 @@ class CaptionEmbeddings:
 
     def __init__(self, captions: list[str], table: np.ndarray, device="cpu", in_memory_bytes: int = 1 << 30):
         self.captions, self.index = captions, {c: i for i, c in enumerate(captions)}
-        self.table = torch.from_numpy(np.ascontiguousarray(table)).to(device) if table.nbytes <= in_memory_bytes \
-            else table
+        self.table = torch.from_numpy(np.array(table)).to(device) if table.nbytes <= in_memory_bytes else table
         self.device = device
 
     @classmethod

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from .data import augment, load_source_images
+from .data import augment, decode_images, load_source_dataset
 from .data.captions import EMPTY, caption_candidates, index_captions, pick_captions
 from .errors import UserError
 from .latents import (
@@ -133,8 +133,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
         size = cfg.resolution
 
     with accelerator.main_process_first():  # rank 0 decodes, encodes and caches; the others read the caches
-        source, images = load_source_images(cfg)
+        source = load_source_dataset(cfg)
         captions, caption_ids = index_captions(caption_candidates(source, cfg.caption_column), cfg.validation_prompts)
+        images = decode_images(cfg, source)
         encoder.to(device, weight_dtype)
         table = CaptionEmbeddings.build(encoder, captions, text_cache_root(cfg.cache_dir), dtype=weight_dtype,
                                         device=device)
@@ -151,6 +152,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
     channels = vae.config.latent_channels if vae is not None else images[0]["pixels"].shape[0]
     unet = make_unet(cfg, encoder, size, channels)
     scheduler = noise_scheduler_for(cfg)
+    if vae is not None and scheduler.config.get("clip_sample"):  # latents are not in [-1, 1]: samplers must not clip
+        scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
     if cfg.objective == "edm":
         objective = EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)

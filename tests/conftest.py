@@ -110,3 +110,78 @@ def one_image_dataset(tmp_path_factory, datasets_cache):
 def overfit_epsilon_model(tmp_path_factory, one_image_dataset) -> Path:
     """A pipeline folder that reproduces red_circle(OVERFIT_SIZE): trained once per session, shared."""
     return train_overfit(one_image_dataset, tmp_path_factory.mktemp("overfit") / "eps")
+
+
+@pytest.fixture
+def train_text_to_image():
+    import train_text_to_image as script
+
+    def train(*argv):
+        return run_script(script, argv)
+
+    return train
+
+
+def blue_square(size: int = 32) -> np.ndarray:
+    """HWC uint8: a blue square on white, the second image of the conditional overfit test."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    lo, hi = round(size * 0.2), round(size * 0.8)
+    img[lo:hi, lo:hi] = (20, 40, 220)
+    return img
+
+
+def captioned_dataset(folder: Path, size: int, copies: int = 32) -> Path:
+    """A save_to_disk dataset: `copies` × (red circle, "a red circle") and (blue square, "a blue square")."""
+    import datasets
+    from PIL import Image
+
+    pairs = [(Image.fromarray(red_circle(size)), "a red circle"), (Image.fromarray(blue_square(size)), "a blue square")]
+    rows = pairs * copies
+    datasets.Dataset.from_dict({"image": [r[0] for r in rows], "text": [r[1] for r in rows]},
+                               features=datasets.Features(image=datasets.Image(), text=datasets.Value("string"))
+                               ).save_to_disk(str(folder))
+    return folder
+
+
+def tiny_clip_tokenizer():
+    """A CLIP BPE tokenizer made here (letters and digits, no merges): no download needed."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {}
+    for c in string.ascii_lowercase + string.digits + ".,!?'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline(tmp_path_factory) -> Path:
+    """A Stable-Diffusion-format folder (StableDiffusionPipeline.save_pretrained) of random-initialised tiny parts:
+    UNet2DConditionModel, AutoencoderKL (2x downsampling), CLIPTextModel and a locally made CLIP tokenizer, and a
+    PNDMScheduler as Stable Diffusion ships."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+        pad_token_id=len(tokenizer) - 1))
+    vae = AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8, sample_size=16)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[16, 32],
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
+                                down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                              steps_offset=1)
+    folder = tmp_path_factory.mktemp("tiny-sd") / "pipeline"
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                            ).save_pretrained(str(folder))
+    return folder

@@ -11,6 +11,20 @@ def test_defaults_are_the_mnist_recipe():
     assert config.parse(TrainConfig, []) == config.parse(TrainConfig, ["--config", "configs/mnist.yaml"])
 
 
+def test_text_defaults_are_the_mnist_text_recipe():
+    cls = config.TextToImageConfig
+    assert config.parse(cls, []) == config.parse(cls, ["--config", "configs/mnist_text.yaml"])
+
+
+def test_text_options_are_checked():
+    for flags, message in ((["--caption_dropout", "1.0"], "--caption_dropout must be in"),
+                           (["--cache_latents"], "--cache_latents needs a VAE")):
+        with pytest.raises(UserError, match=message):
+            config.parse(config.TextToImageConfig, flags)
+    with pytest.raises(UserError, match="unknown option '--caption_column'"):  # text options are not unconditional's
+        config.parse(TrainConfig, ["--caption_column", "text"])
+
+
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("learning_rate: 0.5\ntrain_batch_size: 3\nuse_ema: true\n")

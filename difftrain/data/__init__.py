@@ -7,23 +7,28 @@ import torch
 from .images import augment, collate, prepare_images, to_model_range, to_uint8
 from .sources import find_image_column, load_source
 
-__all__ = ["EpochSampler", "augment", "collate", "load_source_images", "load_training_images", "to_model_range",
-           "to_uint8"]
+__all__ = ["EpochSampler", "augment", "collate", "decode_images", "load_source_dataset", "load_training_images",
+           "to_model_range", "to_uint8"]
 
 
-def load_source_images(cfg):
-    """(the config's raw training set, its images decoded once as items {"pixels": uint8 CHW}), row for row."""
+def load_source_dataset(cfg):
+    """The config's raw training set (--max_train_samples applied), before any decoding."""
     ds = load_source(cfg.dataset_name, cfg.train_data_dir, config_name=cfg.dataset_config_name,
                      split=cfg.split, cache_dir=cfg.cache_dir)
-    image_column = find_image_column(ds, cfg.image_column)
     if cfg.max_train_samples is not None:
         ds = ds.select(range(min(cfg.max_train_samples, len(ds))))
-    return ds, prepare_images(ds, image_column, cfg.resolution, center_crop=cfg.center_crop, image_mode=cfg.image_mode)
+    return ds
+
+
+def decode_images(cfg, ds):
+    """ds's images decoded once (cached) as items {"pixels": uint8 CHW}, row for row."""
+    return prepare_images(ds, find_image_column(ds, cfg.image_column), cfg.resolution, center_crop=cfg.center_crop,
+                          image_mode=cfg.image_mode)
 
 
 def load_training_images(cfg):
     """The config's training set as items {"pixels": uint8 CHW}."""
-    return load_source_images(cfg)[1]
+    return decode_images(cfg, load_source_dataset(cfg))
 
 
 class EpochSampler(torch.utils.data.Sampler):

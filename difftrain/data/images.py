@@ -82,17 +82,16 @@ def _to_arrays(batch):
 
 
 def collate(examples: list[dict]) -> dict:
-    """Stack uint8 pixels (a list when sizes differ: the batch crop makes them equal); other keys as lists."""
-    pixels = [torch.from_numpy(np.array(e["pixels"])) for e in examples]
-    same = all(p.shape == pixels[0].shape for p in pixels)
-    batch = {"pixels": torch.stack(pixels) if same else pixels}
+    """Arrays (uint8 pixels, cached latents) stacked, or a list when sizes differ (the batch crop makes pixels
+    equal); numbers as a tensor; anything else as a list."""
+    batch = {}
     for key in examples[0]:
-        if key != "pixels":
-            values = [e[key] for e in examples]
-            if isinstance(values[0], np.ndarray):
-                batch[key] = torch.from_numpy(np.stack(values))
-            else:
-                batch[key] = torch.tensor(values) if isinstance(values[0], (int, float)) else values
+        values = [e[key] for e in examples]
+        if isinstance(values[0], (np.ndarray, list)) and key in ("pixels", "latents"):
+            tensors = [torch.from_numpy(np.array(v)) for v in values]
+            batch[key] = torch.stack(tensors) if all(t.shape == tensors[0].shape for t in tensors) else tensors
+        else:
+            batch[key] = torch.tensor(values) if isinstance(values[0], (int, float)) else values
     return batch
 
 

@@ -140,6 +140,13 @@ def test_finetune_sd_resume_is_exact_and_writes_a_stable_diffusion_folder(tiny_s
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a), part
     image = pipe("a red circle", num_inference_steps=3, output_type="np").images
     assert image.shape == (1, 16, 16, 3)
+    import sample as script
+    from conftest import run_script
+    from PIL import Image
+
+    assert run_script(script, ["--model", whole, "--prompt", "a red circle", "--guidance_scale", 3, "--num_images", 2,
+                               "--num_inference_steps", 3, "--scheduler", "dpm++2m", "--output_dir", tmp_path / "s"]) == 0
+    assert Image.open(tmp_path / "s" / "00001.png").size == (16, 16)  # decoded from 8x8 latents by the VAE
 
 
 @pytest.mark.parametrize("mixed_precision", ["bf16"])

@@ -122,6 +122,10 @@ class TrainConfig:
         50, "DDIM steps for the sample grids.", aliases=["--ddpm_num_inference_steps"]
     )
     eval_batch_size: int = opt(16, "Images in each sample grid.")
+    eval_steps: int | None = opt(None, "Every N optimizer updates, log FID and KID of --eval_num_samples samples "
+                                 "against the dataset's --eval_split (and prompt accuracy with --eval_classifier).")
+    eval_num_samples: int = opt(1000, "Samples per --eval_steps evaluation (DDIM, --validation_inference_steps).")
+    eval_split: str = opt("test", "Reference split of the training dataset for --eval_steps.")
     report_to: str = opt("tensorboard", "Tracker.", choices=["tensorboard", "wandb", "none"], aliases=["--logger"])
     logging_dir: str = opt("logs", "Tracker folder, relative to output_dir.")
     tracker_project_name: str = opt("difftrain", "Project name for the tracker.")
@@ -149,6 +153,11 @@ class TrainConfig:
         if self.objective == "edm" and (self.snr_gamma is not None or self.prediction_type not in (None, "epsilon")):
             raise UserError("--objective edm has its own preconditioning and loss weight; drop --snr_gamma and "
                             "--prediction_type.")
+        if self.eval_steps is not None and self.eval_num_samples < 2:
+            raise UserError(f"--eval_num_samples must be at least 2 for FID/KID (got {self.eval_num_samples}).")
+        if self.eval_steps is not None and self.train_data_dir:
+            raise UserError("--eval_steps compares against a dataset split; pass the data as --dataset_name (a "
+                            "save_to_disk folder with a test split works) or drop --eval_steps.")
         if self.train_data_dir is None and self.dataset_name is None:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
 
@@ -196,6 +205,8 @@ class TextToImageConfig(TrainConfig):
                                         factory=lambda: list(DIGIT_PROMPTS))
     validation_guidance_scale: float = opt(3.0, "Classifier-free guidance of the sample grids (7.5 is Stable "
                                            "Diffusion's usual).")
+    eval_classifier: str | None = opt(None, "With --eval_steps: a classifier folder (evaluate.py train-classifier); logs "
+                                      "the fraction of samples of validation prompt k read as class k.")
 
     def validate(self) -> None:
         super().validate()

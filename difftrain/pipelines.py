@@ -104,22 +104,6 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
-def sample_grid(unet, training_scheduler_config, *, num_images: int, steps: int, seed: int = 0,
-                scheduler: str | None = None, predict: Callable | None = None, shape: tuple[int, ...] | None = None,
-                decode: Callable | None = None, cols: int | None = None) -> Image.Image:
-    """Deterministic samples (DDIM at eta 0; EDM Euler for EDM models) from fixed seeds, so grids from different
-    steps of a run compare. predict: the network (default: unconditional); decode: latents → images."""
-    from .schedulers import default_scheduler, scheduler_from_training_config
-
-    name = scheduler or default_scheduler(training_scheduler_config)
-    sampler = scheduler_from_training_config(name, training_scheduler_config)
-    param = next(unet.parameters())
-    shape = shape or (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    images = generate(predict or unet_predictor(unet), sampler, shape, list(range(seed, seed + num_images)), steps,
-                      param.device, torch.float32)
-    return image_grid(to_uint8(decode(images) if decode else images), cols)
-
-
 class TextToImagePipeline(DiffusionPipeline):
     """A UNet2DConditionModel conditioned on a frozen text encoder's token states, in pixel space (or in a VAE's
     latent space when it has one): what train_text_to_image.py writes when it trains from scratch.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from .data import augment, decode_images, load_source_dataset
+from .data import augment, decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, index_captions, pick_captions
 from .errors import UserError
 from .latents import (
@@ -30,7 +30,8 @@ from .latents import (
 )
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import DiffusionObjective, EDMObjective
-from .pipelines import guided_predictor, sample_grid
+from .pipelines import generate, guided_predictor, image_grid
+from .schedulers import default_scheduler, scheduler_from_training_config
 from .text import CaptionEmbeddings, TextEncoder, default_text_encoder_path, text_cache_root
 from .trainer import Recipe
 
@@ -180,13 +181,16 @@ def build_recipe(cfg, accelerator) -> Recipe:
     prompts = cfg.validation_prompts
     per_prompt = -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
 
-    def grid(model):
-        cond = table.embed([p for _ in range(per_prompt) for p in prompts]).float()
-        uncond = table.lookup([EMPTY] * len(cond)).float()
-        return sample_grid(model, scheduler.config, num_images=len(cond), steps=cfg.validation_inference_steps,
-                           predict=guided_predictor(model, cond, uncond, cfg.validation_guidance_scale),
-                           shape=(channels, size, size), decode=(lambda x: decode(vae, x)) if vae is not None else None,
-                           cols=len(prompts))
+    def generate_images(model, seeds, prompts):
+        sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
+        cond = table.embed(prompts).float()
+        predict = guided_predictor(model, cond, table.lookup([EMPTY] * len(cond)).float(), cfg.validation_guidance_scale)
+        x = generate(predict, sampler, (channels, size, size), seeds, cfg.validation_inference_steps, device)
+        return to_uint8(decode(vae, x) if vae is not None else x)
+
+    def grid(model):  # one column per validation prompt, fixed seeds: grids from different steps compare
+        grid_prompts = [p for _ in range(per_prompt) for p in prompts]
+        return image_grid(generate_images(model, list(range(len(grid_prompts))), grid_prompts), cols=len(prompts))
 
     def save_frozen(folder: Path) -> None:
         """The frozen components, read again from their source in their saved dtype (the training copies may be
@@ -216,4 +220,4 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
     return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, latents), loss=loss,
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
-                  save_frozen=save_frozen)
+                  save_frozen=save_frozen, generate=generate_images, eval_prompts=prompts)

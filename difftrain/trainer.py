@@ -35,6 +35,8 @@ class Recipe:
     sample_grid: Callable  # (unwrapped model) → PIL image from fixed seeds
     pipeline_class: str
     save_frozen: Callable | None = None  # (folder) → writes the components that do not train, once at the start
+    generate: Callable | None = None  # (unwrapped model, seeds, prompts or None) → uint8 NCHW, for --eval_steps
+    eval_prompts: list[str] | None = None  # text models: image k of an evaluation gets prompt k mod P
 
 
 def check_output_dir(cfg, resuming: bool) -> None:
@@ -177,6 +179,18 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
             grid.save(out / "samples" / f"step-{step}.png")
             _log_grid(accelerator, grid, step)
 
+    periodic_evaluation = None
+    if cfg.eval_steps:
+        from .periodic_evaluation import PeriodicEvaluation
+
+        periodic_evaluation = PeriodicEvaluation(cfg, recipe.generate, recipe.eval_prompts,
+                                                 getattr(cfg, "eval_classifier", None), accelerator.device)
+
+    def evaluate(step: int) -> None:
+        if accelerator.is_main_process:
+            accelerator.log(with_shipping_weights(periodic_evaluation), step=step)
+        accelerator.wait_for_everyone()
+
     pushes = []
 
     def save_pipeline(step: int) -> None:
@@ -237,7 +251,9 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
                                             cfg.checkpoints_total_limit)
             if cfg.validation_steps and global_step % cfg.validation_steps == 0:
                 validate(global_step)
-            # the next rate window starts here, so checkpoint and validation time do not count as training
+            if cfg.eval_steps and global_step % cfg.eval_steps == 0:
+                evaluate(global_step)
+            # the next rate window starts here, so checkpoint, validation and evaluation time do not count as training
             running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
             if global_step >= max_steps:
                 break

@@ -7,7 +7,9 @@ from diffusers import DDPMPipeline, UNet2DModel
 from .data import augment, load_training_images
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import DiffusionObjective, EDMObjective
-from .pipelines import sample_grid
+from .data import to_uint8
+from .pipelines import generate, image_grid, unet_predictor
+from .schedulers import default_scheduler, scheduler_from_training_config
 from .trainer import Recipe
 
 DATA_SHAPE_KEYS = ("sample_size", "in_channels", "out_channels")
@@ -47,12 +49,20 @@ def build_recipe(cfg, accelerator) -> Recipe:
         x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)
         return objective.loss(lambda x, t: model(x, t).sample, x0)
 
+    def generate_images(model, seeds, prompts=None):
+        sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
+        param = next(model.parameters())
+        shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+        return to_uint8(generate(unet_predictor(model), sampler, shape, seeds, cfg.validation_inference_steps,
+                                 param.device))
+
     return Recipe(
         model=unet,
+        generate=generate_images,
         dataset=dataset,
         loss=loss,
         save_pipeline=lambda model, folder: DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder),
-        sample_grid=lambda model: sample_grid(model, scheduler.config, num_images=cfg.eval_batch_size,
-                                              steps=cfg.validation_inference_steps, seed=0),
+        # deterministic samples (DDIM; EDM Euler for EDM) from fixed seeds, so grids from different steps compare
+        sample_grid=lambda model: image_grid(generate_images(model, list(range(cfg.eval_batch_size)))),
         pipeline_class="DDPMPipeline",
     )

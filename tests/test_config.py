@@ -92,5 +92,5 @@ def test_help_lists_every_option(capsys):
 
 def test_readme_documents_every_flag():
     readme = (__import__("conftest").ROOT / "README.md").read_text()
-    missing = [name for name in config.fields_of(TrainConfig) if f"`--{name}`" not in readme]
+    missing = [name for name in config.fields_of(config.TextToImageConfig) if f"`--{name}`" not in readme]
     assert not missing, f"README flag table lacks {missing}"

@@ -188,7 +188,8 @@ class TextToImageConfig(TrainConfig):
     pretrained_model_name_or_path: str | None = opt(
         None, "A Stable-Diffusion-format pipeline (folder or Hub id) to fine-tune, or a text-to-image run to continue.")
     revision: str | None = opt(None, "Hub revision of --pretrained_model_name_or_path.")
-    variant: str | None = opt(None, "Weights variant of the pretrained UNet (e.g. fp16); training stays in fp32.")
+    variant: str | None = opt(None, "Weights files variant of the pretrained UNet (e.g. fp16: "
+                              "diffusion_pytorch_model.fp16.safetensors); it is trained in fp32.")
     unet: dict = opt(help="UNet2DConditionModel arguments (architecture), as a YAML/JSON mapping.",
                      factory=_mnist_text_unet)
     caption_column: str = opt("text", "Column with the captions: a string, or a list of strings (one picked at "

@@ -64,9 +64,10 @@ def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNe
     return model_cls(**config)
 
 
-def load_pretrained_unet(path: str, model_cls=UNet2DModel, revision: str | None = None):
+def load_pretrained_unet(path: str, model_cls=UNet2DModel, revision: str | None = None, variant: str | None = None):
     try:  # float32 whatever the saved dtype: these are the weights being trained
-        return model_cls.from_pretrained(path, subfolder="unet", revision=revision, torch_dtype=torch.float32)
+        return model_cls.from_pretrained(path, subfolder="unet", revision=revision, variant=variant,
+                                         torch_dtype=torch.float32)
     except Exception as e:
         raise UserError(
             f"--pretrained_model_name_or_path {path}: cannot load unet/ ({str(e).splitlines()[0]})."

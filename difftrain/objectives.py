@@ -130,3 +130,12 @@ class EDMObjective:
         noisy = x0.float() + sigma * torch.randn_like(x0, dtype=torch.float32)
         denoised = edm_denoise(predict, noisy, sigma, self.sigma_data)
         return (edm_weight(sigma, self.sigma_data) * (denoised - x0.float()) ** 2).mean()
+
+
+def objective_for(cfg, noise_scheduler):
+    """The objective the config asks for (--objective, --prediction_type, --snr_gamma, --noise_offset,
+    --input_perturbation), on the training scheduler's noise schedule."""
+    if cfg.objective == "edm":
+        return EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)
+    return DiffusionObjective(noise_scheduler, noise_scheduler.config.prediction_type, cfg.snr_gamma,
+                              cfg.noise_offset, cfg.input_perturbation)

@@ -29,7 +29,7 @@ from .latents import (
     load_vae,
 )
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
-from .objectives import DiffusionObjective, EDMObjective
+from .objectives import objective_for
 from .pipelines import generate, guided_predictor, image_grid
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .text import CaptionEmbeddings, TextEncoder, default_text_encoder_path, text_cache_root
@@ -51,21 +51,19 @@ class Sources:
 def resolve_sources(cfg) -> Sources:
     """Which folders hold the text encoder and VAE; a pretrained pipeline missing a component names it."""
     pretrained = cfg.pretrained_model_name_or_path
-    pipeline_class, has_vae = "TextToImagePipeline", False
+    ours, has_vae = True, False  # from scratch: a TextToImagePipeline, pixel space unless --vae_name_or_path
     if pretrained:
         root = Path(pretrained)
+        ours, has_vae = False, True  # a Hub id: Stable Diffusion layout
         if root.is_dir():
             index = root / "model_index.json"
-            pipeline_class = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
-            needs = SD_COMPONENTS if pipeline_class != "TextToImagePipeline" else SD_COMPONENTS[:-2] + ("unet",)
+            ours = index.is_file() and json.loads(index.read_text()).get("_class_name") == "TextToImagePipeline"
+            needs = ("scheduler", "tokenizer", "text_encoder", "unet") if ours else SD_COMPONENTS
             missing = [c for c in needs if not (root / c).is_dir()]
             if missing:
                 raise UserError(f"--pretrained_model_name_or_path {pretrained}: no {', '.join(m + '/' for m in missing)} "
                                 f"folder; a Stable-Diffusion-format pipeline has {', '.join(SD_COMPONENTS)}.")
             has_vae = (root / "vae").is_dir()
-        else:  # a Hub id: Stable Diffusion layout
-            has_vae = True
-        pipeline_class = "StableDiffusionPipeline" if pipeline_class != "TextToImagePipeline" else pipeline_class
     if cfg.text_encoder_name_or_path:
         text = (cfg.text_encoder_name_or_path, None, None)
     elif pretrained:
@@ -73,7 +71,7 @@ def resolve_sources(cfg) -> Sources:
     else:
         text = (default_text_encoder_path(), None, None)
     vae = cfg.vae_name_or_path or (pretrained if has_vae else None)
-    return Sources(text, vae, pipeline_class)
+    return Sources(text, vae, "TextToImagePipeline" if ours else "StableDiffusionPipeline")
 
 
 def load_text_encoder(cfg, sources: Sources) -> TextEncoder:
@@ -86,7 +84,7 @@ def load_text_encoder(cfg, sources: Sources) -> TextEncoder:
 
 def make_unet(cfg, encoder: TextEncoder, resolution: int, channels: int) -> UNet2DConditionModel:
     if cfg.pretrained_model_name_or_path:
-        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel, cfg.revision)
+        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel, cfg.revision, cfg.variant)
         if unet.config.cross_attention_dim != encoder.width:
             raise UserError(f"the UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder "
                             f"gives {encoder.width}-wide states; pick a matching --text_encoder_name_or_path.")
@@ -156,11 +154,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
     if vae is not None and scheduler.config.get("clip_sample"):  # latents are not in [-1, 1]: samplers must not clip
         scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
-    if cfg.objective == "edm":
-        objective = EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)
-    else:
-        objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
-                                       cfg.input_perturbation)
+    objective = objective_for(cfg, scheduler)
 
     def model_input(batch) -> torch.Tensor:
         if latents is not None:  # cached distributions: (B, 1 or 2 views, 2C, h, w); view 1 is the mirror image

@@ -6,7 +6,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 
 from .data import augment, load_training_images
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
-from .objectives import DiffusionObjective, EDMObjective
+from .objectives import objective_for
 from .data import to_uint8
 from .pipelines import generate, image_grid, unet_predictor
 from .schedulers import default_scheduler, scheduler_from_training_config
@@ -39,11 +39,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
     unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
     scheduler = noise_scheduler_for(cfg)  # for EDM: an EDMEulerScheduler, so sampling applies the same scalings
     cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
-    if cfg.objective == "edm":
-        objective = EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std)
-    else:
-        objective = DiffusionObjective(scheduler, cfg.prediction_type, cfg.snr_gamma, cfg.noise_offset,
-                                       cfg.input_perturbation)
+    objective = objective_for(cfg, scheduler)
 
     def loss(model, batch):
         x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)

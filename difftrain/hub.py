@@ -17,11 +17,15 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"],
+        tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"]
+        + (["text-to-image"] if pipeline_class != "DDPMPipeline" else []),
         datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
         base_model=cfg.pretrained_model_name_or_path or None,
     )
     picture = f"\n![samples]({grid})\n" if grid else ""
+    usage = USAGE.get(pipeline_class, USAGE["DDPMPipeline"]).format(
+        repo_id=repo_id, prompt=(getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
+        guidance=getattr(cfg, "validation_guidance_scale", 7.5))
     content = f"""---
 {data.to_yaml()}
 ---
@@ -36,15 +40,25 @@ prediction type `{cfg.prediction_type}`, EMA {'on' if cfg.use_ema else 'off'}).
 ## How to use
 
 ```python
-from diffusers import DiffusionPipeline
-
-pipeline = DiffusionPipeline.from_pretrained("{repo_id}")
-images = pipeline(batch_size=4, num_inference_steps=50).images
+{usage}
 ```
 
 The full training configuration is in `training_config.yaml`.
 """
     return ModelCard(content).content
+
+
+USAGE = {
+    "DDPMPipeline": 'from diffusers import DiffusionPipeline\n\npipeline = DiffusionPipeline.from_pretrained("{repo_id}")\n'
+                    'images = pipeline(batch_size=4, num_inference_steps=50).images',
+    "StableDiffusionPipeline": 'from diffusers import StableDiffusionPipeline\n\n'
+                               'pipeline = StableDiffusionPipeline.from_pretrained("{repo_id}")\n'
+                               'images = pipeline("{prompt}", guidance_scale={guidance}).images',
+    # pixel-space text-to-image: the pipeline class ships with difftrain (pip install difftrain's requirements)
+    "TextToImagePipeline": 'from difftrain.pipelines import TextToImagePipeline\n\n'
+                           'pipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
+                           'images = pipeline("{prompt}", guidance_scale={guidance}).images',
+}
 
 
 def push_folder(api, folder, *, repo_id: str, token: str | None, private: bool, card: str,

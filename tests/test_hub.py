@@ -57,3 +57,14 @@ def test_default_repo_id_is_the_output_folder_name(tmp_path):
     from difftrain.config import TrainConfig
 
     assert hub.default_repo_id(TrainConfig(output_dir=str(tmp_path / "my-model"))) == "my-model"
+
+
+def test_text_to_image_cards_show_a_prompt():
+    from difftrain import config
+    from difftrain.hub import model_card
+
+    cfg = config.parse(config.TextToImageConfig, ["--validation_prompts", "a red circle"])
+    for pipeline_class, loader in (("TextToImagePipeline", "from difftrain.pipelines import TextToImagePipeline"),
+                                   ("StableDiffusionPipeline", "from diffusers import StableDiffusionPipeline")):
+        card = model_card(cfg, repo_id="me/t2i", global_step=3, pipeline_class=pipeline_class, grid=None)
+        assert loader in card and 'pipeline("a red circle", guidance_scale=3.0)' in card and "text-to-image" in card

@@ -266,14 +266,24 @@ def reference_images(dataset_name: str, split: str, resolution: int, *, cache_di
     return prepare_images(ds, column, resolution, center_crop=True, image_mode="auto")
 
 
+def reference_stats_path(dataset_name: str, split: str, resolution: int, *, cache_dir=None, ref_stats=None,
+                         dataset_config_name=None, image_column=None, num_samples=None) -> Path:
+    """Where reference_stats reads (or writes) this set's statistics: `ref_stats`, or the cache."""
+    if ref_stats:
+        return Path(ref_stats)
+    return stats_cache_dir(cache_dir) / reference_key(dataset_name, split, resolution,
+                                                      dataset_config_name=dataset_config_name,
+                                                      image_column=image_column, num_samples=num_samples)
+
+
 def reference_stats(dataset_name: str, split: str = "test", resolution: int = 32, *, cache_dir=None,
                     ref_stats: str | Path | None = None, dataset_config_name=None, image_column=None,
                     num_samples: int | None = None, device=None, batch_size: int = 32) -> Stats:
     """Stats of a dataset split at a resolution: read from `ref_stats` or the cache when there, else computed (all
     images, or the first num_samples) and written there."""
-    path = Path(ref_stats) if ref_stats else stats_cache_dir(cache_dir) / reference_key(
-        dataset_name, split, resolution, dataset_config_name=dataset_config_name, image_column=image_column,
-        num_samples=num_samples)
+    path = reference_stats_path(dataset_name, split, resolution, cache_dir=cache_dir, ref_stats=ref_stats,
+                                dataset_config_name=dataset_config_name, image_column=image_column,
+                                num_samples=num_samples)
     if path.is_file():
         return Stats.load(path)
     images = reference_images(dataset_name, split, resolution, cache_dir=cache_dir,

@@ -61,6 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        for name in ("pixel", "vae-uncached", "vae-cached"):
+            (tmp / name).mkdir()
         vae = str(sd_vae(tmp / "vae"))
         pixel = run_variant(args.config, args.steps, [], {}, tmp / "pixel", "train_text_to_image.py")
         latent_flags = ["--vae_name_or_path", vae, "--resolution", str(args.resolution), "--train_batch_size",

@@ -127,6 +127,12 @@ def build_recipe(cfg, accelerator) -> Recipe:
         architecture = cfg.unet
     if vae is not None:
         size = check_latent_resolution(cfg.resolution, vae, architecture, UNet2DConditionModel)
+        vae_mode = {1: "L", 3: "RGB"}.get(vae.config.in_channels)
+        if cfg.image_mode == "auto":  # grayscale data into an RGB VAE: decode the images as RGB
+            cfg.image_mode = vae_mode or cfg.image_mode
+        elif cfg.image_mode != vae_mode:
+            raise UserError(f"--image_mode {cfg.image_mode} gives {len(cfg.image_mode)}-channel images but the VAE "
+                            f"takes {vae.config.in_channels}; use --image_mode auto.")
     else:
         check_resolution(cfg.resolution, architecture, UNet2DConditionModel)
         size = cfg.resolution

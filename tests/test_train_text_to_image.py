@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
@@ -160,6 +161,15 @@ def test_finetune_sd_in_bf16_with_cached_latents_keeps_fp32_parts(tiny_sd_pipeli
     for part, name in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors"),
                        ("unet", "diffusion_pytorch_model.safetensors")):
         assert {t.dtype for t in weights(out / part, name).values()} == {torch.float32}, part
+
+
+def test_grayscale_data_trains_through_an_rgb_vae(tiny_sd_pipeline, tmp_path, train_text_to_image):
+    """Built-in MNIST is 1-channel; with a 3-channel VAE the images are decoded as RGB (--image_mode auto)."""
+    out = tmp_path / "run"
+    assert train_text_to_image(*TINY, "--pretrained_model_name_or_path", tiny_sd_pipeline, "--output_dir", out,
+                               "--max_train_steps", 2, "--validation_steps", 2, "--validation_prompts", "a 3",
+                               "--checkpointing_steps", 100) == 0
+    assert yaml.safe_load((out / "training_config.yaml").read_text())["image_mode"] == "RGB"
 
 
 def test_sd_folder_missing_a_component_is_named(tiny_sd_pipeline, shapes_16px, tmp_path, train_text_to_image, capsys):

@@ -59,14 +59,19 @@ def to_input(images_u8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(classifier: Classifier, images_u8, batch_size: int = 512) -> np.ndarray:
-    """The class index each image is read as."""
+def predict_proba(classifier: Classifier, images_u8, batch_size: int = 512) -> np.ndarray:
+    """N×classes softmax probabilities (how sure the network is that each image shows each class)."""
     network = classifier.network.eval()
     device = next(network.parameters()).device
     images = np.asarray(images_u8)
-    out = [network(to_input(images[k : k + batch_size]).to(device)).argmax(dim=1).cpu().numpy()
+    out = [network(to_input(images[k : k + batch_size]).to(device)).softmax(dim=1).cpu().numpy()
            for k in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    return np.concatenate(out) if out else np.zeros((0, len(classifier.labels)), np.float32)
+
+
+def predict(classifier: Classifier, images_u8, batch_size: int = 512) -> np.ndarray:
+    """The class index each image is read as."""
+    return predict_proba(classifier, images_u8, batch_size).argmax(axis=1)
 
 
 def class_accuracy(predicted: np.ndarray, expected: np.ndarray, labels: list[str]) -> dict:

@@ -202,8 +202,9 @@ class TextToImageConfig(TrainConfig):
     vae_name_or_path: str | None = opt(
         None, "An AutoencoderKL (folder, Hub id, or pipeline folder with vae/): train in its latent space.")
     cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
-    validation_prompts: list[str] = opt(help="Prompts of the sample grids (default: the ten digits).",
-                                        factory=lambda: list(DIGIT_PROMPTS))
+    validation_prompts: list[str] | None = opt(
+        None, "Prompts of the sample grids. Unset: built-in mnist, the ten digits ('a handwritten digit zero' ...); "
+        "built-in fashion_mnist, its ten classes; any other dataset, its first 4 distinct captions.")
     validation_guidance_scale: float = opt(3.0, "Classifier-free guidance of the sample grids (7.5 is Stable "
                                            "Diffusion's usual).")
     eval_classifier: str | None = opt(None, "With --eval_steps: a classifier folder (evaluate.py train-classifier); logs "
@@ -218,8 +219,8 @@ class TextToImageConfig(TrainConfig):
         if self.cache_latents and not self.vae_name_or_path and not self.pretrained_model_name_or_path:
             raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path, or fine-tune a pipeline that has "
                             "one (--pretrained_model_name_or_path).")
-        if not self.validation_prompts:
-            raise UserError("--validation_prompts is empty; give at least one prompt.")
+        if self.validation_prompts is not None and not self.validation_prompts:
+            raise UserError("--validation_prompts is empty; give at least one prompt (or leave it unset).")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from huggingface_hub import HfApi
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial*"]
 
 
-def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid: str | None) -> str:
+def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid: str | None,
+               prompt: str | None = None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset = cfg.train_data_dir or cfg.dataset_name
@@ -24,7 +25,7 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
     )
     picture = f"\n![samples]({grid})\n" if grid else ""
     usage = USAGE.get(pipeline_class, USAGE["DDPMPipeline"]).format(
-        repo_id=repo_id, prompt=(getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
+        repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
         guidance=getattr(cfg, "validation_guidance_scale", 7.5))
     content = f"""---
 {data.to_yaml()}
@@ -76,11 +77,11 @@ def default_repo_id(cfg) -> str:
     return cfg.hub_model_id or Path(cfg.output_dir).resolve().name
 
 
-def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str):
+def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str, prompt: str | None = None):
     """Card + upload of the pipeline folder (never checkpoints or logs); returns the upload's Future."""
     repo_id = default_repo_id(cfg)
     grids = sorted(Path(folder, "samples").glob("step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
-    card = model_card(cfg, repo_id=repo_id, global_step=step, pipeline_class=pipeline_class,
+    card = model_card(cfg, repo_id=repo_id, global_step=step, pipeline_class=pipeline_class, prompt=prompt,
                       grid=grids[-1].relative_to(folder).as_posix() if grids else None)
     return push_folder(HfApi(token=cfg.hub_token), folder, repo_id=repo_id, token=cfg.hub_token,
                        private=cfg.hub_private_repo, card=card, commit_message=f"difftrain: step {step}")

@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .data import augment, decode_images, load_source_dataset, to_uint8
-from .data.captions import EMPTY, caption_candidates, index_captions, pick_captions
+from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
 from .errors import UserError
 from .latents import (
     cache_latents,
@@ -139,7 +139,10 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
     with accelerator.main_process_first():  # rank 0 decodes, encodes and caches; the others read the caches
         source = load_source_dataset(cfg)
-        captions, caption_ids = index_captions(caption_candidates(source, cfg.caption_column), cfg.validation_prompts)
+        rows = caption_candidates(source, cfg.caption_column)
+        builtin = None if cfg.train_data_dir else cfg.dataset_name
+        prompts = cfg.validation_prompts or default_validation_prompts(builtin, rows)
+        captions, caption_ids = index_captions(rows, prompts)
         images = decode_images(cfg, source)
         encoder.to(device, weight_dtype)
         table = CaptionEmbeddings.build(encoder, captions, text_cache_root(cfg.cache_dir), dtype=weight_dtype,
@@ -178,7 +181,6 @@ def build_recipe(cfg, accelerator) -> Recipe:
         context = table.lookup(pick_captions(batch["caption_ids"], cfg.caption_dropout)).float()
         return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample, model_input(batch))
 
-    prompts = cfg.validation_prompts
     per_prompt = -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
 
     def generate_images(model, seeds, prompts):

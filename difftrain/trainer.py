@@ -197,7 +197,8 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
         if accelerator.is_main_process:
             with_shipping_weights(lambda m: recipe.save_pipeline(m, out))
             if cfg.push_to_hub:
-                pushes.append(hub.push_pipeline(cfg, out, step, recipe.pipeline_class))
+                pushes.append(hub.push_pipeline(cfg, out, step, recipe.pipeline_class,
+                                                (recipe.eval_prompts or [None])[0]))
         accelerator.wait_for_everyone()
 
     total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps

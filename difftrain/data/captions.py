@@ -45,3 +45,16 @@ def pick_captions(row_ids: list[list[int]], dropout: float) -> torch.Tensor:
     drop = torch.rand(len(row_ids)) < dropout
     ids = [row[int(u * len(row))] for row, u in zip(row_ids, choice.tolist())]
     return torch.where(drop, torch.full((len(ids),), EMPTY), torch.tensor(ids))
+
+
+def default_validation_prompts(dataset_name: str | None, rows: list[list[str]], count: int = 4) -> list[str]:
+    """The sample grids' prompts when --validation_prompts is unset: a built-in dataset's classes in label order
+    (its first caption template), else the dataset's first `count` distinct captions: the grids show what the run
+    trains on, never digits in a fine-tune on something else."""
+    from .builtin import DIGITS, FASHION_MNIST_CLASSES, class_captions
+
+    classes = {"mnist": DIGITS, "fashion_mnist": FASHION_MNIST_CLASSES}.get(dataset_name or "")
+    if classes is not None:
+        return [captions[0] for captions in class_captions(dataset_name, classes)]
+    return list(dict.fromkeys(row[0] for row in rows))[:count]
+

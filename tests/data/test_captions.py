@@ -68,3 +68,16 @@ def test_builtin_captions_name_the_class():
     assert "a handwritten digit seven" in digits[7] and "the number 7" in digits[7] and len(digits[7]) >= 4
     fashion = class_captions("fashion_mnist", ["sneaker", "ankle boot"])
     assert "a photo of a sneaker" in fashion[0] and "a photo of an ankle boot" in fashion[1]
+
+
+def test_default_validation_prompts_fit_the_dataset():
+    from difftrain.config import DIGIT_PROMPTS
+    from difftrain.data.captions import default_validation_prompts
+
+    rows = [["a cat", "a small cat"], ["a dog"], ["a cat"], ["a bird"], ["a fish"], ["a frog"]]
+    assert default_validation_prompts("mnist", rows) == DIGIT_PROMPTS  # label order: prompt k shows digit k
+    fashion = default_validation_prompts("fashion_mnist", rows)
+    assert len(fashion) == 10 and fashion[0] == "a photo of a t-shirt" and fashion[-1] == "a photo of an ankle boot"
+    # any other dataset: its own first distinct captions, never digits
+    assert default_validation_prompts("./my-captions", rows) == ["a cat", "a dog", "a bird", "a fish"]
+    assert default_validation_prompts(None, rows[:2]) == ["a cat", "a dog"]

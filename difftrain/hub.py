@@ -6,6 +6,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from .config import uses_ema
+
 # Never uploaded: resumable state, trackers' files, half-written checkpoints, local samples other than the card's.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial*"]
 
@@ -36,7 +38,7 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
 A `{pipeline_class}` trained with difftrain on **{dataset}**
 at {cfg.resolution}px for {global_step} optimizer steps (batch {cfg.train_batch_size} per device,
 gradient accumulation {cfg.gradient_accumulation_steps}, learning rate {cfg.learning_rate},
-prediction type `{cfg.prediction_type}`, EMA {'on' if cfg.use_ema else 'off'}).
+prediction type `{cfg.prediction_type}`, EMA {'on' if uses_ema(cfg) else 'off'}).
 {picture}
 ## How to use
 

@@ -94,7 +94,7 @@ def noise_scheduler_for(cfg):
     return DDPMScheduler(
         num_train_timesteps=cfg.ddpm_num_steps,
         beta_schedule=cfg.ddpm_beta_schedule,
-        prediction_type=cfg.prediction_type or "epsilon",
+        prediction_type=cfg.prediction_type or "v_prediction",  # x0 stays accurate at high noise, unlike epsilon
         rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
     )
 

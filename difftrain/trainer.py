@@ -143,7 +143,7 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     accelerator.register_for_checkpointing(lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
     ema = None
-    if cfg.use_ema:
+    if config.uses_ema(cfg):
         ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
                        inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, model_cls=type(unwrapped),
                        model_config=unwrapped.config)

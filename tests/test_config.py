@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import pytest
 import yaml
 
@@ -94,3 +97,57 @@ def test_readme_documents_every_flag():
     readme = (__import__("conftest").ROOT / "README.md").read_text()
     missing = [name for name in config.fields_of(config.TextToImageConfig) if f"`--{name}`" not in readme]
     assert not missing, f"README flag table lacks {missing}"
+
+
+def _readme_defaults(section: str) -> dict:
+    """{flag name: default cell} of the flag table rows in a README section."""
+    rows = re.findall(r"^\| `--(\w+)`[^|]*\| ([^|]*) \|", section, flags=re.M)
+    return {name: cell.strip() for name, cell in rows}
+
+
+def test_readme_flag_tables_state_the_code_defaults():
+    readme = (__import__("conftest").ROOT / "README.md").read_text()
+    unconditional, text = readme.split("## Text-to-image", 1)
+    for cls, section in ((TrainConfig, unconditional), (config.TextToImageConfig, text.split("## Sampling")[0])):
+        documented = _readme_defaults(section)
+        for name, f in config.fields_of(cls).items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if name in documented and isinstance(default, (int, float, str, bool, type(None))) \
+                    and not f.metadata["secret"]:
+                assert documented[name] == str(default), f"README says --{name} defaults to {documented[name]}"
+
+
+def test_default_recipes_are_pinned():
+    """The defaults the Quality section measured (README): changing one is a deliberate act, with new figures."""
+    from difftrain.config import TextToImageConfig, uses_ema
+
+    cfg = TrainConfig()
+    assert (cfg.resolution, cfg.num_epochs, cfg.train_batch_size, cfg.learning_rate, cfg.lr_warmup_steps) == \
+        (28, 2, 64, 1e-3, 100)
+    assert (cfg.ddpm_beta_schedule, cfg.prediction_type, uses_ema(cfg)) == ("squaredcos_cap_v2", None, True)
+    assert cfg.unet["block_out_channels"] == [32, 64, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
+    text = TextToImageConfig()
+    assert text.num_epochs == 1 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
+    assert text.unet["down_block_types"] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
+    assert not uses_ema(TextToImageConfig(pretrained_model_name_or_path="sd"))  # fine-tunes: off, as diffusers
+    # the configs spell the defaults out
+    for path, cls in (("configs/mnist.yaml", TrainConfig), ("configs/mnist_text.yaml", TextToImageConfig)):
+        spelled = config.parse(cls, ["--config", str(__import__("conftest").ROOT / path)])
+        for name in ("resolution", "num_epochs", "learning_rate", "ddpm_beta_schedule", "unet", "train_batch_size"):
+            assert getattr(spelled, name) == getattr(cls(), name), (path, name)
+
+
+@pytest.mark.parametrize("path", ["configs/mnist_gpu.yaml", "configs/mnist_text_gpu.yaml"])
+def test_gpu_presets_parse_and_build(path):
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    from difftrain.models import build_unet
+
+    text = "text" in path
+    cls = config.TextToImageConfig if text else TrainConfig
+    cfg = config.parse(cls, ["--config", str(__import__("conftest").ROOT / path)])
+    assert cfg.train_batch_size >= 256 and cfg.mixed_precision == "bf16"
+    extra = {"cross_attention_dim": 384} if text else {}
+    unet = build_unet(cfg.unet, resolution=cfg.resolution, channels=1,
+                      model_cls=UNet2DConditionModel if text else UNet2DModel, **extra)
+    assert sum(p.numel() for p in unet.parameters()) > 10_000_000

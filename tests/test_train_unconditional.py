@@ -27,13 +27,15 @@ def test_tiny_run_loads_with_plain_diffusers(tmp_path, train_unconditional):
     pipe = DDPMPipeline.from_pretrained(out)
     images = pipe(batch_size=4, num_inference_steps=10, output_type="np").images
     assert images.shape == (4, 16, 16, 1) and images.min() >= 0 and images.max() <= 1 and images.std() > 0
-    assert pipe.scheduler.config.prediction_type == "epsilon"
+    # the defaults: v-prediction on the cosine schedule, EMA weights shipped
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
     saved = yaml.safe_load((out / "training_config.yaml").read_text())
-    assert saved["seed"] == 0 and saved["resolution"] == 16 and saved["prediction_type"] == "epsilon"
+    assert saved["seed"] == 0 and saved["resolution"] == 16 and saved["prediction_type"] == "v_prediction"
     for step in (10, 20):  # 2x2 grids of 16 px samples
         assert Image.open(out / "samples" / f"step-{step}.png").size == (32, 32)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
-    final = UNet2DModel.from_pretrained(out / "checkpoint-20" / "unet")
+    final = UNet2DModel.from_pretrained(out / "checkpoint-20" / "unet_ema")
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), pipe.unet.state_dict().values()))
 
 

@@ -34,7 +34,7 @@ from difftrain.classifier import load_classifier, predict_proba, train_and_save 
 from difftrain.config import SampleConfig  # noqa: E402
 from difftrain.data.builtin import DIGIT_WORDS  # noqa: E402
 from difftrain.pipelines import image_grid  # noqa: E402
-from difftrain.sampling import build_scheduler, load_model, resolve_device, sample_images  # noqa: E402
+from difftrain.sampling import build_scheduler, load_model, resolve_device, resolve_guidance, sample_images  # noqa: E402
 from difftrain.schedulers import default_scheduler  # noqa: E402
 
 LEGIBLE_P = 0.9  # a sample is legible when the classifier gives its top class at least this probability
@@ -49,7 +49,8 @@ def parse(argv):
                    "a GPU).")
     p.add_argument("--scheduler", help="Sampler (default: sample.py's default for this model).")
     p.add_argument("--num_inference_steps", type=int, help="Sampling steps (default: sample.py's default).")
-    p.add_argument("--guidance_scale", type=float, default=3.0, help="Text models: classifier-free guidance.")
+    p.add_argument("--guidance_scale", type=float, help="Text models: classifier-free guidance (default: the "
+                   "model's own, as sample.py).")
     p.add_argument("--prompt_template", default="a handwritten digit {word}", help="Text models: the prompt of "
                    "image k is this with digit k mod 10.")
     p.add_argument("--classifier", help="Classifier folder (default: one trained once and cached).")
@@ -146,6 +147,7 @@ def score(args, device) -> dict:
     classifier = classifier_for(args.classifier, args.dataset_name, device)
     prompts = [args.prompt_template.format(digit=k, word=DIGIT_WORDS[k]) for k in range(10)] \
         if model.conditional else []
+    args.guidance_scale = resolve_guidance(model, args.guidance_scale)
     images, record = generate(model, args, device, prompts)
     probs = predict_proba(classifier, images)
     read_as, confidence = probs.argmax(1), probs.max(1)
@@ -153,6 +155,12 @@ def score(args, device) -> dict:
     record.update(num_samples=len(images), legible=float((confidence >= LEGIBLE_P).mean()),
                   rarest_class=int(shares.argmin()), rarest_share=float(shares.min()),
                   class_shares=[round(float(s), 4) for s in shares])
+    # the same two figures for N real test digits: what a perfect model would score here
+    real = np.stack(metrics.reference_images(args.dataset_name, args.split, images.shape[-1],
+                                             num_samples=len(images))[:]["pixels"])
+    real_probs = predict_proba(classifier, real)
+    record.update(real_legible=float((real_probs.max(1) >= LEGIBLE_P).mean()),
+                  real_rarest_share=float((np.bincount(real_probs.argmax(1), minlength=10) / len(real)).min()))
     if prompts:
         expected = np.arange(len(images)) % 10
         per_digit = [float((read_as[expected == d] == d).mean()) for d in range(10)]
@@ -180,7 +188,8 @@ def markdown_row(name: str, r: dict) -> str:
         prompt = f"{pct(r['prompt_accuracy'])} (min {pct(min(r['prompt_accuracy_per_digit']))})"
     wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "—"
     rate = f"{r['images_per_s']:.0f}" if r.get("images_per_s") else "—"
-    return (f"| {name} | {r['scheduler']} {r['steps']} | {r['num_samples']} | {fid} | {floor} | "
+    sampler = f"{r['scheduler']} {r['steps']}" + (f", guidance {r['guidance_scale']:g}" if "guidance_scale" in r else "")
+    return (f"| {name} | {sampler} | {r['num_samples']} | {fid} | {floor} | "
             f"{pct(r['legible'])} | {pct(r['rarest_share'])} ({r['rarest_class']}) | {prompt} | {wall} | {rate} | "
             f"{r.get('machine', '—')} |")
 

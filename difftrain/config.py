@@ -196,7 +196,7 @@ class TextToImageConfig(TrainConfig):
     Flag names are those of diffusers' examples/text_to_image/train_text_to_image.py."""
 
     output_dir: str = opt("t2i-mnist", "Folder for the pipeline, checkpoints, samples and logs.")
-    num_epochs: int = opt(1, "Epochs to train, unless --max_train_steps is set.")
+    num_epochs: int = opt(2, "Epochs to train, unless --max_train_steps is set.")
     pretrained_model_name_or_path: str | None = opt(
         None, "A Stable-Diffusion-format pipeline (folder or Hub id) to fine-tune, or a text-to-image run to continue.")
     revision: str | None = opt(None, "Hub revision of --pretrained_model_name_or_path.")
@@ -217,7 +217,8 @@ class TextToImageConfig(TrainConfig):
     validation_prompts: list[str] | None = opt(
         None, "Prompts of the sample grids. Unset: built-in mnist, the ten digits ('a handwritten digit zero' ...); "
         "built-in fashion_mnist, its ten classes; any other dataset, its first 4 distinct captions.")
-    validation_guidance_scale: float = opt(3.0, "Classifier-free guidance of the sample grids (7.5 is Stable "
+    validation_guidance_scale: float = opt(1.5, "Classifier-free guidance of the sample grids, and sample.py's default "
+                                           "for the model (7.5 is Stable "
                                            "Diffusion's usual).")
     eval_classifier: str | None = opt(None, "With --eval_steps: a classifier folder (evaluate.py train-classifier); logs "
                                       "the fraction of samples of validation prompt k read as class k.")
@@ -420,7 +421,8 @@ class SampleConfig:
                             factory=list)
     prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
     negative_prompt: str | None = opt(None, "What classifier-free guidance steers away from (default: empty prompt).")
-    guidance_scale: float = opt(7.5, "Classifier-free guidance scale; 1 turns guidance off.")
+    guidance_scale: float | None = opt(None, "Classifier-free guidance scale; 1 turns guidance off. Unset: the scale "
+                                       "the model was trained for (its run's --validation_guidance_scale), else 7.5.")
     # --- device and output ---
     device: str = opt("auto", "auto: CUDA, then MPS, then CPU.", choices=["auto", "cuda", "mps", "cpu"])
     dtype: str = opt("fp32", "Weights' dtype; the scheduler's arithmetic stays fp32.", choices=["fp32", "fp16", "bf16"])
@@ -434,7 +436,7 @@ class SampleConfig:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")
-        if self.guidance_scale < 0:
+        if self.guidance_scale is not None and self.guidance_scale < 0:
             raise UserError(f"--guidance_scale must be 0 or more (got {self.guidance_scale}).")
 
 
@@ -479,7 +481,8 @@ class EvaluateConfig:
     prompt_template: list[str] = opt(help="Prompt template(s) with {digit}, {word} or {label}; image k shows class "
                                      "k mod 10.", factory=lambda: ["a handwritten digit {digit}"])
     negative_prompt: str | None = opt(None, "What classifier-free guidance steers away from.")
-    guidance_scale: float = opt(7.5, "Classifier-free guidance scale; 1 turns guidance off.")
+    guidance_scale: float | None = opt(None, "Classifier-free guidance scale; 1 turns guidance off. Unset: the scale "
+                                       "the model was trained for (its run's --validation_guidance_scale), else 7.5.")
     # --- sweep ---
     sweep: bool = opt(False, "FID for each scheduler × steps (and --sweep_extra): sweep.csv and sweep.png.")
     sweep_schedulers: list[str] = opt(help="Schedulers of the sweep.",
@@ -502,6 +505,8 @@ class EvaluateConfig:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {getattr(self, name)}).")
         if self.num_samples < 2:
             raise UserError(f"--num_samples {self.num_samples}: FID and KID need at least 2 images.")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise UserError(f"--guidance_scale must be 0 or more (got {self.guidance_scale}).")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")
         if self.sweep and self.samples_dir:

@@ -30,6 +30,7 @@ from .sampling import (
     package_versions,
     prepare_output_dir,
     resolve_device,
+    resolve_guidance,
     sample_images,
 )
 from .schedulers import default_scheduler, scheduler_table
@@ -256,6 +257,7 @@ def evaluate(cfg) -> Path:
     if cfg.samples_dir:
         return evaluate_samples(cfg, device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
+    cfg.guidance_scale = resolve_guidance(model, cfg.guidance_scale)  # resolved, so metrics.json records it
     if cfg.classifier and not model.conditional:
         raise UserError(f"--classifier scores text-conditional models; {cfg.model} is unconditional "
                         f"({type(model.unet).__name__}); drop --classifier.")

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 from PIL import Image
 from tqdm.auto import tqdm
@@ -56,6 +57,7 @@ class Model:
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: latents → images in [-1, 1]
+    guidance_scale: float | None = None  # text models: the scale its run sampled its grids at (training_config.yaml)
 
     @property
     def conditional(self) -> bool:
@@ -197,7 +199,23 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     unet = _load_unet(folder / weights, dtype).to(device).eval()
     return Model(unet=unet, scheduler_config=training_scheduler_config(run), path=folder.resolve(), weights=weights,
                  samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
-                 decode=_latent_decoder(run, device, dtype))
+                 decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run))
+
+
+def _trained_guidance(run: Path) -> float | None:
+    """The guidance scale the run drew its grids at: what the model was trained to be sampled with."""
+    path = run / "training_config.yaml"
+    if not path.is_file():
+        return None
+    value = (yaml.safe_load(path.read_text()) or {}).get("validation_guidance_scale")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def resolve_guidance(model: Model, requested: float | None) -> float:
+    """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5."""
+    if requested is not None:
+        return requested
+    return model.guidance_scale if model.guidance_scale is not None else 7.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +391,7 @@ def sample(cfg) -> Path | None:
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
     check_conditioning(model, prompts, cfg)
+    cfg.guidance_scale = resolve_guidance(model, cfg.guidance_scale)  # resolved, so metadata and commands record it
     if cfg.scheduler == "all":
         return compare_schedulers(cfg, model, prompts, device)
     cfg.scheduler = cfg.scheduler or default_scheduler(model.scheduler_config)

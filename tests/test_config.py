@@ -127,7 +127,8 @@ def test_default_recipes_are_pinned():
     assert (cfg.ddpm_beta_schedule, cfg.prediction_type, uses_ema(cfg)) == ("squaredcos_cap_v2", None, True)
     assert cfg.unet["block_out_channels"] == [32, 64, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
     text = TextToImageConfig()
-    assert text.num_epochs == 1 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
+    assert text.num_epochs == 2 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
+    assert text.validation_guidance_scale == 1.5
     assert text.unet["down_block_types"] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
     assert not uses_ema(TextToImageConfig(pretrained_model_name_or_path="sd"))  # fine-tunes: off, as diffusers
     # the configs spell the defaults out

@@ -71,6 +71,13 @@ def test_sample_py_generates_from_a_text_run_and_its_checkpoints(mnist_text_run,
         records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
         assert [r["prompt"] for r in records] == ["a handwritten digit three"] * 2
         assert records[0]["guidance_scale"] == 3.0
+        assert "--guidance_scale 3.0" in records[0]["command"]
+    # unset: the scale the run drew its grids at (its --validation_guidance_scale), not Stable Diffusion's 7.5
+    out = tmp_path / "default-guidance"
+    assert run_script(script, ["--model", mnist_text_run / "checkpoint-10", "--prompt", "a handwritten digit three",
+                               "--num_images", 1, "--num_inference_steps", 2, "--output_dir", out]) == 0
+    record = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
+    assert record["guidance_scale"] == 1.5 and "--guidance_scale 1.5" in record["command"]
 
 
 def test_missing_caption_column_is_one_line_and_keeps_the_folder(mnist_text_run, train_text_to_image, tmp_path,

@@ -35,6 +35,11 @@ def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[i
     # set_timesteps first: init_noise_sigma of sigma-based schedulers (Euler, LMS, ...) is the largest sigma of
     # the INFERENCE schedule, which it sets
     scheduler.set_timesteps(num_inference_steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        # from pure noise we start at step 0; left unset, diffusers looks the first timestep up and, when it repeats
+        # (Karras sigmas on the cosine schedule map several sigmas to t=999), starts at its SECOND occurrence and
+        # steps past the end (IndexError)
+        scheduler.set_begin_index(0)
     noise = [torch.randn(shape, generator=g) for g in generators]
     x = torch.stack(noise).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:

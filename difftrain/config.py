@@ -164,6 +164,14 @@ class TrainConfig:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
 
 
+def grid_guidance(validation_guidance_scale: float | None, pretrained_model_name_or_path: str | None) -> float:
+    """--validation_guidance_scale as resolved: what the user said, else 1.5 from scratch (the default MNIST text
+    model's best: guidance 3 made 40 % of the digits asked for after one epoch) and 7.5 for a fine-tune."""
+    if validation_guidance_scale is not None:
+        return validation_guidance_scale
+    return 7.5 if pretrained_model_name_or_path else 1.5
+
+
 def uses_ema(cfg) -> bool:
     """--use_ema as resolved: what the user said, else on from scratch and off for a fine-tune (diffusers' default
     there, where an EMA copy of a large UNet costs its size again in memory)."""
@@ -173,7 +181,8 @@ def uses_ema(cfg) -> bool:
 def _mnist_text_unet() -> dict:
     # The unconditional MNIST UNet, conditioned twice on the caption: globally, by an attention-pooled caption
     # embedding added to the timestep embedding (addition_embed_type "text": learns which digit as fast as a class
-    # label), and by cross-attention at 7x7 and in the middle (cheap there; at 14x14 it cost 5x the step time).
+    # label), and by cross-attention at 7x7 and in the middle only, where it is cheap (the previous layout, with
+    # cross-attention at 16x16 and 8x8, trained at 12 images/s against 75 for the unconditional UNet).
     # cross_attention_dim comes from the text encoder, sample_size and channels from the data.
     return {
         "block_out_channels": [32, 64, 64],
@@ -217,9 +226,9 @@ class TextToImageConfig(TrainConfig):
     validation_prompts: list[str] | None = opt(
         None, "Prompts of the sample grids. Unset: built-in mnist, the ten digits ('a handwritten digit zero' ...); "
         "built-in fashion_mnist, its ten classes; any other dataset, its first 4 distinct captions.")
-    validation_guidance_scale: float = opt(1.5, "Classifier-free guidance of the sample grids, and sample.py's default "
-                                           "for the model (7.5 is Stable "
-                                           "Diffusion's usual).")
+    validation_guidance_scale: float | None = opt(
+        None, "Classifier-free guidance of the sample grids, and sample.py's default for the model. Unset: 1.5 from "
+        "scratch (where the default MNIST text model reads best), 7.5 (Stable Diffusion's usual) when fine-tuning.")
     eval_classifier: str | None = opt(None, "With --eval_steps: a classifier folder (evaluate.py train-classifier); logs "
                                       "the fraction of samples of validation prompt k read as class k.")
 
@@ -227,7 +236,7 @@ class TextToImageConfig(TrainConfig):
         super().validate()
         if not 0.0 <= self.caption_dropout < 1.0:
             raise UserError(f"--caption_dropout must be in [0, 1) (got {self.caption_dropout}).")
-        if self.validation_guidance_scale < 0:
+        if self.validation_guidance_scale is not None and self.validation_guidance_scale < 0:
             raise UserError(f"--validation_guidance_scale must be 0 or more (got {self.validation_guidance_scale}).")
         if self.cache_latents and not self.vae_name_or_path and not self.pretrained_model_name_or_path:
             raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path, or fine-tune a pipeline that has "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .config import uses_ema
+from .config import grid_guidance, uses_ema
 
 # Never uploaded: resumable state, trackers' files, half-written checkpoints, local samples other than the card's.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial*"]
@@ -28,7 +28,7 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
     picture = f"\n![samples]({grid})\n" if grid else ""
     usage = USAGE.get(pipeline_class, USAGE["DDPMPipeline"]).format(
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
-        guidance=getattr(cfg, "validation_guidance_scale", 7.5))
+        guidance=grid_guidance(getattr(cfg, "validation_guidance_scale", None), cfg.pretrained_model_name_or_path))
     content = f"""---
 {data.to_yaml()}
 ---

@@ -207,8 +207,10 @@ def _trained_guidance(run: Path) -> float | None:
     path = run / "training_config.yaml"
     if not path.is_file():
         return None
-    value = (yaml.safe_load(path.read_text()) or {}).get("validation_guidance_scale")
-    return float(value) if isinstance(value, (int, float)) else None
+    values = yaml.safe_load(path.read_text()) or {}  # (an unconditional run's value is never used)
+    value = values.get("validation_guidance_scale")
+    return config.grid_guidance(float(value) if isinstance(value, (int, float)) else None,
+                         values.get("pretrained_model_name_or_path"))
 
 
 def resolve_guidance(model: Model, requested: float | None) -> float:

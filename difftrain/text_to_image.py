@@ -18,6 +18,7 @@ from diffusers import UNet2DConditionModel
 
 from .data import augment, decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
+from .config import grid_guidance
 from .errors import UserError
 from .latents import (
     cache_latents,
@@ -181,12 +182,13 @@ def build_recipe(cfg, accelerator) -> Recipe:
         context = table.lookup(pick_captions(batch["caption_ids"], cfg.caption_dropout)).float()
         return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample, model_input(batch))
 
+    guidance = grid_guidance(cfg.validation_guidance_scale, cfg.pretrained_model_name_or_path)
     per_prompt = -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
 
     def generate_images(model, seeds, prompts):
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
         cond = table.embed(prompts).float()
-        predict = guided_predictor(model, cond, table.lookup([EMPTY] * len(cond)).float(), cfg.validation_guidance_scale)
+        predict = guided_predictor(model, cond, table.lookup([EMPTY] * len(cond)).float(), guidance)
         x = generate(predict, sampler, (channels, size, size), seeds, cfg.validation_inference_steps, device)
         return to_uint8(decode(vae, x) if vae is not None else x)
 

@@ -114,7 +114,7 @@ class TextToImagePipeline(DiffusionPipeline):
     latent space when it has one): what train_text_to_image.py writes when it trains from scratch.
 
         pipe = TextToImagePipeline.from_pretrained("t2i-mnist")
-        images = pipe("a handwritten digit three", guidance_scale=1.5).images
+        images = pipe("a handwritten digit three", guidance_scale=1.25).images
 
     Image k comes from a generator seeded `seed + k` alone, as in sample.py. Swap samplers the diffusers way:
     `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (the saved one is the training DDPM)."""
@@ -128,7 +128,7 @@ class TextToImagePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, num_inference_steps: int = 50,
-                 guidance_scale: float = 1.5, num_images_per_prompt: int = 1, seed: int = 0, output_type: str = "pil"):
+                 guidance_scale: float = 1.25, num_images_per_prompt: int = 1, seed: int = 0, output_type: str = "pil"):
         from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
         from .latents import decode

@@ -128,7 +128,7 @@ def test_default_recipes_are_pinned():
     assert cfg.unet["block_out_channels"] == [32, 64, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
     text = TextToImageConfig()
     assert text.num_epochs == 2 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
-    assert config.grid_guidance(text.validation_guidance_scale, None) == 1.5
+    assert config.grid_guidance(text.validation_guidance_scale, None) == 1.25
     assert config.grid_guidance(None, "sd") == 7.5 and config.grid_guidance(2.0, "sd") == 2.0
     assert text.unet["down_block_types"] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
     assert not uses_ema(TextToImageConfig(pretrained_model_name_or_path="sd"))  # fine-tunes: off, as diffusers

@@ -67,4 +67,4 @@ def test_text_to_image_cards_show_a_prompt():
     for pipeline_class, loader in (("TextToImagePipeline", "from difftrain.pipelines import TextToImagePipeline"),
                                    ("StableDiffusionPipeline", "from diffusers import StableDiffusionPipeline")):
         card = model_card(cfg, repo_id="me/t2i", global_step=3, pipeline_class=pipeline_class, grid=None)
-        assert loader in card and 'pipeline("a red circle", guidance_scale=1.5)' in card and "text-to-image" in card
+        assert loader in card and 'pipeline("a red circle", guidance_scale=1.25)' in card and "text-to-image" in card

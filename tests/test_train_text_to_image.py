@@ -77,7 +77,7 @@ def test_sample_py_generates_from_a_text_run_and_its_checkpoints(mnist_text_run,
     assert run_script(script, ["--model", mnist_text_run / "checkpoint-10", "--prompt", "a handwritten digit three",
                                "--num_images", 1, "--num_inference_steps", 2, "--output_dir", out]) == 0
     record = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
-    assert record["guidance_scale"] == 1.5 and "--guidance_scale 1.5" in record["command"]
+    assert record["guidance_scale"] == 1.25 and "--guidance_scale 1.25" in record["command"]
 
 
 def test_missing_caption_column_is_one_line_and_keeps_the_folder(mnist_text_run, train_text_to_image, tmp_path,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a file from a checkout (difftrain is not
 from difftrain import metrics  # noqa: E402
 from difftrain.classifier import load_classifier, predict_proba, train_and_save  # noqa: E402
 from difftrain.config import SampleConfig  # noqa: E402
-from difftrain.data.builtin import DIGIT_WORDS  # noqa: E402
+from difftrain.evaluation import class_prompts  # noqa: E402
 from difftrain.pipelines import image_grid  # noqa: E402
 from difftrain.sampling import build_scheduler, load_model, resolve_device, resolve_guidance, sample_images  # noqa: E402
 from difftrain.schedulers import default_scheduler  # noqa: E402
@@ -145,7 +145,7 @@ def generate(model, args, device, prompts: list[str]) -> tuple[np.ndarray, dict]
 def score(args, device) -> dict:
     model = load_model(args.model, device=device)
     classifier = classifier_for(args.classifier, args.dataset_name, device)
-    prompts = [args.prompt_template.format(digit=k, word=DIGIT_WORDS[k]) for k in range(10)] \
+    prompts = class_prompts([args.prompt_template], classifier.labels) \
         if model.conditional else []
     args.guidance_scale = resolve_guidance(model, args.guidance_scale)
     images, record = generate(model, args, device, prompts)

@@ -17,16 +17,14 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from difftrain.data import to_model_range
+from difftrain.data.builtin import load_builtin
+from difftrain.data.images import prepare_images
+from difftrain.objectives import edm_denoise
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from diffusers import DDPMPipeline, DDPMScheduler  # noqa: E402
-
-from difftrain.data import to_model_range  # noqa: E402
-from difftrain.data.builtin import load_builtin  # noqa: E402
-from difftrain.data.images import prepare_images  # noqa: E402
-from difftrain.objectives import edm_denoise  # noqa: E402
 
 VARIANTS = {
     "eps": [],

@@ -26,16 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a file from a checkout (difftrain is not installed as a package yet)
+from difftrain import metrics
+from difftrain.classifier import load_classifier, predict_proba, train_and_save
+from difftrain.config import SampleConfig
+from difftrain.evaluation import class_prompts
+from difftrain.pipelines import image_grid
+from difftrain.sampling import build_scheduler, load_model, resolve_device, resolve_guidance, sample_images
+from difftrain.schedulers import default_scheduler
 
-from difftrain import metrics  # noqa: E402
-from difftrain.classifier import load_classifier, predict_proba, train_and_save  # noqa: E402
-from difftrain.config import SampleConfig  # noqa: E402
-from difftrain.evaluation import class_prompts  # noqa: E402
-from difftrain.pipelines import image_grid  # noqa: E402
-from difftrain.sampling import build_scheduler, load_model, resolve_device, resolve_guidance, sample_images  # noqa: E402
-from difftrain.schedulers import default_scheduler  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LEGIBLE_P = 0.9  # a sample is legible when the classifier gives its top class at least this probability
 

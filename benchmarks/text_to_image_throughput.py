@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import run_variant  # beside this file
 
-from train_throughput import run_variant  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sd_vae(folder: Path) -> Path:

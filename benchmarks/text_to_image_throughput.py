@@ -13,7 +13,6 @@
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .utils import first_line
 
 
 def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factory=None):
@@ -343,7 +344,7 @@ def load_yaml(path: str) -> dict:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]}).") from None
+        raise UserError(f"--config {path}: not valid YAML ({first_line(e)}).") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: must be a mapping of option: value.")
     return data

@@ -23,7 +23,6 @@ from .data.images import choose_mode, open_image, resize_shorter_side
 from .data.sources import IMAGE_EXTENSIONS
 from .errors import UserError
 from .sampling import (
-    DTYPES,
     Model,
     build_scheduler,
     load_model,
@@ -34,6 +33,7 @@ from .sampling import (
     sample_images,
 )
 from .schedulers import default_scheduler, scheduler_table
+from .utils import DTYPES, write_text_atomic
 
 CHUNK = 500  # images generated before their features are taken: bounds the images held at once
 NOT_SAMPLES = {"grid.png", "comparison.png", "sweep.png"}  # what sample.py/evaluate.py write beside the images
@@ -241,9 +241,7 @@ def _reference_images_to_compute(cfg, resolution: int) -> int:
 
 def write_json(path: Path, data: dict) -> None:
     """Written beside and renamed: a run killed mid-write leaves the previous file as it was."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

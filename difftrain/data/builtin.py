@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import pickle
-import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..utils import cache_root, written_beside
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -75,10 +74,7 @@ BUILTINS = {"mnist": (_mnist, ("train", "validation", "test")), "fashion_mnist":
 
 
 def builtin_cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir) / "difftrain-builtin"
-    base = os.environ.get("HF_DATASETS_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "datasets"
-    return Path(base) / "difftrain-builtin"
+    return cache_root(cache_dir, "difftrain-builtin")
 
 
 def load_builtin(name: str, split: str, cache_dir: str | None = None):
@@ -97,9 +93,6 @@ def load_builtin(name: str, split: str, cache_dir: str | None = None):
         ds = datasets.Dataset.from_dict({"image": list(images), "label": labels,
                                          "text": [captions[y] for y in labels]}, features=features)
         # Written beside, then renamed: an interrupted build is never mistaken for a finished one.
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        ds.save_to_disk(str(tmp))
-        os.replace(tmp, folder)
+        with written_beside(folder) as tmp:
+            ds.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(folder))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .builtin import BUILTINS, load_builtin
+from ..utils import first_line
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OFFLINE_HINT = (
@@ -13,10 +14,6 @@ OFFLINE_HINT = (
     "or pass a save_to_disk folder, or --train_data_dir FOLDER"
 )
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _pick_split(ds, split: str, where: str):
@@ -57,7 +54,7 @@ def load_source(dataset_name: str | None, train_data_dir: str | None, *, config_
         ds = datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir)
     except Exception as e:  # offline, unknown id, missing config: all end in the same one-line advice
         raise UserError(
-            f"could not load dataset '{dataset_name}' ({_first_line(e)}); {OFFLINE_HINT}."
+            f"could not load dataset '{dataset_name}' ({first_line(e)}); {OFFLINE_HINT}."
         ) from None
     return _pick_split(ds, split, f"dataset '{dataset_name}'")
 

@@ -17,10 +17,10 @@ names, per digit and overall. Make the classifier with:
 
 import sys
 
-from difftrain import config, evaluation
+from difftrain import classifier, config, evaluation
 from difftrain.cli import run
 
-SUBCOMMANDS = {"train-classifier": (config.ClassifierConfig, evaluation.train_classifier_command)}
+SUBCOMMANDS = {"train-classifier": (config.ClassifierConfig, classifier.train_classifier_command)}
 
 
 def main(argv: list[str]) -> None:

@@ -31,7 +31,8 @@ from difftrain.classifier import load_classifier, predict_proba, train_and_save
 from difftrain.config import SampleConfig
 from difftrain.evaluation import class_prompts
 from difftrain.pipelines import image_grid
-from difftrain.sampling import build_scheduler, load_model, resolve_device, resolve_guidance, sample_images
+from difftrain.loading import load_model, resolve_device, resolve_guidance
+from difftrain.sampling import build_scheduler, sample_images
 from difftrain.schedulers import default_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent

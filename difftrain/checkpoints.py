@@ -48,9 +48,11 @@ def read_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
 
 
-def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, total_limit: int | None) -> Path:
+def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, total_limit: int | None,
+                    write_extra=None) -> Path:
     """Every rank calls this (each saves its RNG state). Files go to .checkpoint-N.partial; the main process
-    adds trainer_state.json and renames, so a run killed mid-save leaves nothing 'latest' would pick."""
+    adds write_extra(folder)'s files and trainer_state.json, and renames, so a run killed mid-save leaves nothing
+    'latest' would pick."""
     final = Path(output_dir) / f"checkpoint-{global_step}"
     partial = Path(output_dir) / f".checkpoint-{global_step}.partial"
     if accelerator.is_main_process:
@@ -60,6 +62,8 @@ def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, tota
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(partial)
         (partial / STATE_FILE).write_text(json.dumps({"global_step": global_step, **state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)

@@ -1,31 +1,16 @@
-"""Every option and its one default, as dataclasses. A YAML file (`--config`) sets many, flags beat the file.
+"""Every option and its one default, as dataclasses: the schemas of the four commands (options.py parses them).
+A YAML file (`--config`) sets many, flags beat the file.
 
 Flag names are those of diffusers' example scripts, so a pasted command line keeps its meaning.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import difflib
-import sys
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
+from dataclasses import dataclass
 
 from .errors import UserError
-from .utils import first_line
-
-
-def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factory=None):
-    """A config field: its default, the help line, allowed values, extra flag names, and whether it is a secret."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "secret": secret}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+# the engine's verbs, used as config.parse(TrainConfig, argv) etc.
+from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict  # noqa: F401
 
 
 def _mnist_unet() -> dict:
@@ -246,169 +231,14 @@ class TextToImageConfig(TrainConfig):
             raise UserError("--validation_prompts is empty; give at least one prompt (or leave it unset).")
 
 
-# ----------------------------------------------------------------------------------------------
-# Parsing: defaults < YAML < command line, with type checks that name the key.
-
-
-def fields_of(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _nearest(name: str, names) -> str:
-    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
-    return f" Did you mean {', '.join(close)}?" if close else ""
-
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def _coerce(key: str, value, tp):
-    """Turn a YAML or command-line value into the field's type, or say which key is wrong."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(key, value, args[0])
-    bad = UserError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise bad
-    if tp in (int, float):
-        if isinstance(value, str):
-            try:
-                return tp(value)
-            except ValueError:
-                raise bad from None
-        # a YAML int is a fine float; a float or a bool is not an int
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
-            return tp(value)
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        return [_coerce(key, v, item) for v in value]
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")
-
-
-def _without_none(tp):
-    """X for `X | None`, else tp."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
-def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="YAML file of options; command-line flags override it.")
-    hints = typing.get_type_hints(cls)
-    for name, f in fields_of(cls).items():
-        tp = hints[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {'<hidden>' if f.metadata['secret'] else default})"
-        kwargs = {"dest": name, "help": help_text, "metavar": name.upper()}
-        if f.metadata["choices"]:
-            kwargs["choices"] = f.metadata["choices"]
-            kwargs.pop("metavar")
-        base = _without_none(tp)
-        if base is bool:  # `--flag` alone means true; `--flag false` overrides a YAML true
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif typing.get_origin(base) is list:  # `--x a b --x c` → [a, b, c]
-            kwargs.update(nargs="+", action="extend")
-        parser.add_argument(f"--{name}", *f.metadata["aliases"], **kwargs)
-    return parser
-
-
-def load_yaml(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--config {path}: no such file. The recipes shipped are in configs/.")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"--config {path}: not valid YAML ({first_line(e)}).") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path}: must be a mapping of option: value.")
-    return data
-
-
-def from_dict(cls, values: dict, source: str = "config"):
-    """Build the config from a mapping, rejecting unknown keys (with suggestions) and ill-typed values."""
-    known = fields_of(cls)
-    hints = typing.get_type_hints(cls)
-    for key in values:
-        if key not in known:
-            raise UserError(f"{source}: unknown option '{key}'.{_nearest(key, known)}")
-    kwargs = {}
-    for key, value in values.items():
-        value = _coerce(key, value, hints[key])
-        choices = known[key].metadata["choices"]
-        if choices and value is not None and value not in choices:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
-        kwargs[key] = value
-    cfg = cls(**kwargs)
-    cfg.validate()
-    return cfg
-
-
-def parse(cls, argv: list[str] | None = None, description: str = ""):
-    """defaults < --config YAML < command-line flags."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(cls, description)
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
-        flags = [f"--{n}" for n in fields_of(cls)]
-        raise UserError(f"unknown option '{flag}'.{_nearest(flag.split('=')[0], flags)} See --help.")
-    cli = dict(vars(args))
-    config_path = cli.pop("config", None)
-    values = load_yaml(config_path) if config_path else {}
-    values.update(cli)
-    return from_dict(cls, values, source=config_path or "command line")
-
-
-def to_dict(cfg) -> dict:
-    """The resolved config without secrets: what training_config.yaml and the trackers get."""
-    return {
-        name: getattr(cfg, name) for name, f in fields_of(type(cfg)).items() if not f.metadata["secret"]
-    }
-
-
-def dump(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 @dataclass
-class SampleConfig:
-    """Options of sample.py: images from a trained model with any diffusers scheduler."""
+class SamplerOptions:
+    """What sample.py and evaluate.py share: which weights, the sampler, guidance, seeds, device."""
 
-    # --- model ---
-    model: str = opt("ddpm-mnist", "A pipeline folder written by a trainer, a checkpoint-N/ folder, or a Hub id.")
     no_ema: bool = opt(False, "From a checkpoint-N/ folder, take the raw unet/ weights instead of unet_ema/.")
-    # --- scheduler ---
     scheduler: str | None = opt(
-        None, "Sampler short name (see --list_schedulers), or 'all' for a comparison sheet (unset: ddim; euler for "
-        "EDM models)."
+        None, "Sampler short name (see sample.py --list_schedulers; unset: ddim, euler for EDM models)."
     )
-    list_schedulers: bool = opt(False, "Print the scheduler names, one line each, and exit.")
     num_inference_steps: int = opt(50, "Sampling steps.")
     eta: float = opt(0.0, "DDIM eta: 0 is deterministic, 1 adds DDPM-like noise (ddim only).")
     timestep_spacing: str | None = opt(
@@ -422,28 +252,18 @@ class SampleConfig:
         None, "true/false: static thresholding, clip the predicted x0 to [-1, 1] (unset: as trained)."
     )
     thresholding: bool | None = opt(None, "true/false: dynamic thresholding of the predicted x0 (unset: as trained).")
-    # --- images ---
-    num_images: int = opt(64, "Images to generate (per scheduler with --scheduler all).")
-    batch_size: int = opt(16, "Images per forward pass; does not change the images.")
     seed: int = opt(0, "Image k is generated from seed + k alone.")
-    # --- text-conditional models ---
-    prompt: list[str] = opt(help="Prompt(s); repeat the flag or list several. Image k gets prompt k mod P.",
-                            factory=list)
-    prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
-    negative_prompt: str | None = opt(None, "What classifier-free guidance steers away from (default: empty prompt).")
-    guidance_scale: float | None = opt(None, "Classifier-free guidance scale; 1 turns guidance off. Unset: the scale "
-                                       "the model was trained for (its run's --validation_guidance_scale), else 7.5.")
-    # --- device and output ---
+    negative_prompt: str | None = opt(None, "Text models: what classifier-free guidance steers away from (default: "
+                                      "the empty prompt).")
+    guidance_scale: float | None = opt(None, "Text models: classifier-free guidance scale; 1 turns guidance off. "
+                                       "Unset: the scale the model was trained for (its run's "
+                                       "--validation_guidance_scale), else 7.5.")
     device: str = opt("auto", "auto: CUDA, then MPS, then CPU.", choices=["auto", "cuda", "mps", "cpu"])
     dtype: str = opt("fp32", "Weights' dtype; the scheduler's arithmetic stays fp32.", choices=["fp32", "fp16", "bf16"])
-    output_type: str = opt("png", "png: one PNG per image; npz: one uint8 NHWC array (for evaluation).",
-                           choices=["png", "npz"])
-    output_dir: str | None = opt(None, "Where to write (default: MODEL/samples/<scheduler>-<steps>/).")
 
     def validate(self) -> None:
-        for name in ("num_inference_steps", "num_images", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.num_inference_steps < 1:
+            raise UserError(f"--num_inference_steps must be at least 1 (got {self.num_inference_steps}).")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")
         if self.guidance_scale is not None and self.guidance_scale < 0:
@@ -451,12 +271,37 @@ class SampleConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class SampleConfig(SamplerOptions):
+    """Options of sample.py: images from a trained model with any diffusers scheduler."""
+
+    model: str = opt("ddpm-mnist", "A pipeline folder written by a trainer, a checkpoint-N/ folder, or a Hub id.")
+    scheduler: str | None = opt(
+        None, "Sampler short name (see --list_schedulers), or 'all' for a comparison sheet (unset: ddim; euler for "
+        "EDM models)."
+    )
+    list_schedulers: bool = opt(False, "Print the scheduler names, one line each, and exit.")
+    num_images: int = opt(64, "Images to generate (per scheduler with --scheduler all).")
+    batch_size: int = opt(16, "Images per forward pass; does not change the images.")
+    prompt: list[str] = opt(help="Text models: prompt(s); repeat the flag or list several. Image k gets prompt k mod P.",
+                            factory=list)
+    prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
+    output_type: str = opt("png", "png: one PNG per image; npz: one uint8 NHWC array (for evaluation).",
+                           choices=["png", "npz"])
+    output_dir: str | None = opt(None, "Where to write (default: MODEL/samples/<scheduler>-<steps>/).")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("num_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
+
+
+@dataclass
+class EvaluateConfig(SamplerOptions):
     """Options of evaluate.py: FID, KID and prompt accuracy of a trained model (or of images made elsewhere)."""
 
     # --- what is scored ---
     model: str | None = opt("ddpm-mnist", "A pipeline folder, a checkpoint-N/ folder or a Hub id to generate from.")
-    no_ema: bool = opt(False, "From a checkpoint-N/ folder, take the raw unet/ weights instead of unet_ema/.")
     samples_dir: str | None = opt(None, "Score images made elsewhere instead: a folder of images, or a samples.npz "
                                   "(sample.py --output_type npz) or a folder holding one.")
     num_samples: int = opt(10000, "Images to generate (with --samples_dir: at most this many are read).")
@@ -472,42 +317,25 @@ class EvaluateConfig:
     ref_stats: str | None = opt(None, "A reference statistics .npz to use, or to write when it does not exist.")
     kid_subset_size: int = opt(1000, "KID subset size (capped by the smaller set).")
     kid_subsets: int = opt(100, "Number of KID subsets.")
-    # --- sampler (as sample.py) ---
-    scheduler: str | None = opt(None, "Sampler short name (see sample.py --list_schedulers; unset: ddim, euler for "
-                                "EDM models).")
-    num_inference_steps: int = opt(50, "Sampling steps.")
-    eta: float = opt(0.0, "DDIM eta.")
-    timestep_spacing: str | None = opt(None, "Step spacing (unset: as saved).", choices=["leading", "trailing",
-                                                                                        "linspace"])
-    use_karras_sigmas: bool | None = opt(None, "true/false: Karras sigma spacing (unset: as the name says).")
-    clip_sample: bool | None = opt(None, "true/false: clip the predicted x0 (unset: as trained).")
-    thresholding: bool | None = opt(None, "true/false: dynamic thresholding (unset: as trained).")
     batch_size: int = opt(64, "Images per generation batch.")
     feature_batch_size: int = opt(32, "Images per Inception forward pass.")
-    seed: int = opt(0, "Image k is generated from seed + k alone.")
     # --- text-conditional models ---
     classifier: str | None = opt(None, "A classifier folder (evaluate.py train-classifier): also report the "
                                  "fraction of images read as the digit their prompt names.")
     prompt_template: list[str] = opt(help="Prompt template(s) with {digit}, {word} or {label}; image k shows class "
                                      "k mod 10.", factory=lambda: ["a handwritten digit {digit}"])
-    negative_prompt: str | None = opt(None, "What classifier-free guidance steers away from.")
-    guidance_scale: float | None = opt(None, "Classifier-free guidance scale; 1 turns guidance off. Unset: the scale "
-                                       "the model was trained for (its run's --validation_guidance_scale), else 7.5.")
     # --- sweep ---
     sweep: bool = opt(False, "FID for each scheduler × steps (and --sweep_extra): sweep.csv and sweep.png.")
     sweep_schedulers: list[str] = opt(help="Schedulers of the sweep.",
                                       factory=lambda: ["ddim", "dpm++2m", "unipc", "euler"])
     sweep_steps: list[int] = opt(help="Step counts of the sweep.", factory=lambda: [5, 10, 20, 50])
     sweep_extra: list[str] = opt(help="More scheduler:steps runs of the sweep.", factory=lambda: ["ddpm:1000"])
-    # --- device and output ---
-    device: str = opt("auto", "auto: CUDA, then MPS, then CPU.", choices=["auto", "cuda", "mps", "cpu"])
-    dtype: str = opt("fp32", "Weights' dtype.", choices=["fp32", "fp16", "bf16"])
     output_dir: str | None = opt(None, "Where metrics.json goes (default: MODEL/eval/<scheduler>-<steps>/, "
                                  "MODEL/eval/sweep/, or the --samples_dir folder).")
 
     def validate(self) -> None:
-        for name in ("num_samples", "num_inference_steps", "batch_size", "feature_batch_size", "kid_subset_size",
-                     "kid_subsets"):
+        super().validate()
+        for name in ("num_samples", "batch_size", "feature_batch_size", "kid_subset_size", "kid_subsets"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
         for name in ("resolution", "num_ref_samples"):
@@ -515,10 +343,6 @@ class EvaluateConfig:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {getattr(self, name)}).")
         if self.num_samples < 2:
             raise UserError(f"--num_samples {self.num_samples}: FID and KID need at least 2 images.")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise UserError(f"--guidance_scale must be 0 or more (got {self.guidance_scale}).")
-        if not 0.0 <= self.eta <= 1.0:
-            raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")
         if self.sweep and self.samples_dir:
             raise UserError("--sweep generates its own images; drop --samples_dir.")
         if self.sweep and not self.sweep_steps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -13,7 +14,8 @@ IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpo
 
 
 def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid: str | None,
-               prompt: str | None = None) -> str:
+               prompt: str | None = None, prediction_type: str | None = None) -> str:
+    """The card of a pipeline folder; prediction_type: its saved scheduler's (default: --prediction_type)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset = cfg.train_data_dir or cfg.dataset_name
@@ -38,7 +40,7 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
 A `{pipeline_class}` trained with difftrain on **{dataset}**
 at {cfg.resolution}px for {global_step} optimizer steps (batch {cfg.train_batch_size} per device,
 gradient accumulation {cfg.gradient_accumulation_steps}, learning rate {cfg.learning_rate},
-prediction type `{cfg.prediction_type}`, EMA {'on' if uses_ema(cfg) else 'off'}).
+prediction type `{prediction_type or cfg.prediction_type}`, EMA {'on' if uses_ema(cfg) else 'off'}).
 {picture}
 ## How to use
 
@@ -83,7 +85,9 @@ def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str, prompt: str
     """Card + upload of the pipeline folder (never checkpoints or logs); returns the upload's Future."""
     repo_id = default_repo_id(cfg)
     grids = sorted(Path(folder, "samples").glob("step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    scheduler_config = Path(folder, "scheduler", "scheduler_config.json")
+    prediction_type = json.loads(scheduler_config.read_text()).get("prediction_type") if scheduler_config.is_file() else None
     card = model_card(cfg, repo_id=repo_id, global_step=step, pipeline_class=pipeline_class, prompt=prompt,
-                      grid=grids[-1].relative_to(folder).as_posix() if grids else None)
+                      grid=grids[-1].relative_to(folder).as_posix() if grids else None, prediction_type=prediction_type)
     return push_folder(HfApi(token=cfg.hub_token), folder, repo_id=repo_id, token=cfg.hub_token,
                        private=cfg.hub_private_repo, card=card, commit_message=f"difftrain: step {step}")

@@ -130,13 +130,15 @@ def build_recipe(cfg, accelerator) -> Recipe:
         size = check_latent_resolution(cfg.resolution, vae, architecture, UNet2DConditionModel)
         vae_mode = {1: "L", 3: "RGB"}.get(vae.config.in_channels)
         if cfg.image_mode == "auto":  # grayscale data into an RGB VAE: decode the images as RGB
-            cfg.image_mode = vae_mode or cfg.image_mode
+            image_mode = vae_mode or cfg.image_mode
         elif cfg.image_mode != vae_mode:
             raise UserError(f"--image_mode {cfg.image_mode} gives {len(cfg.image_mode)}-channel images but the VAE "
                             f"takes {vae.config.in_channels}; use --image_mode auto.")
+        else:
+            image_mode = cfg.image_mode
     else:
         check_resolution(cfg.resolution, architecture, UNet2DConditionModel)
-        size = cfg.resolution
+        size, image_mode = cfg.resolution, cfg.image_mode
 
     with accelerator.main_process_first():  # rank 0 decodes, encodes and caches; the others read the caches
         source = load_source_dataset(cfg)
@@ -144,7 +146,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         builtin = None if cfg.train_data_dir else cfg.dataset_name
         prompts = cfg.validation_prompts or default_validation_prompts(builtin, rows)
         captions, caption_ids = index_captions(rows, prompts)
-        images = decode_images(cfg, source)
+        images = decode_images(cfg, source, image_mode)
         encoder.to(device, weight_dtype)
         table = CaptionEmbeddings.build(encoder, captions, text_cache_root(cfg.cache_dir), dtype=weight_dtype,
                                         device=device)
@@ -163,7 +165,6 @@ def build_recipe(cfg, accelerator) -> Recipe:
     scheduler = noise_scheduler_for(cfg)
     if vae is not None and scheduler.config.get("clip_sample"):  # latents are not in [-1, 1]: samplers must not clip
         scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
-    cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
     objective = objective_for(cfg, scheduler)
 
     def model_input(batch) -> torch.Tensor:
@@ -224,4 +225,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
     return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, latents), loss=loss,
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
-                  save_frozen=save_frozen, generate=generate_images, eval_prompts=prompts)
+                  save_frozen=save_frozen, generate=generate_images, eval_prompts=prompts, scheduler=scheduler,
+                  eval_classifier=cfg.eval_classifier,
+                  resolved={"prediction_type": scheduler.config.prediction_type, "image_mode": image_mode,
+                            "validation_prompts": prompts, "validation_guidance_scale": guidance})

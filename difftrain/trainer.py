@@ -1,5 +1,6 @@
-"""The ONE training loop, shared by both scripts: Accelerate for devices, precision and scale; EMA;
-gradient accumulation with the LR schedule counted in optimizer updates; exact resume; validation grids."""
+"""The ONE training loop, shared by both scripts: Accelerate for devices, precision and scale; gradient
+accumulation with the LR schedule counted in optimizer updates; exact resume. The set-up, the update and the loop
+are here; what happens between updates (checkpoints, grids, logs) is maintenance.py's."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import math
 import os
 import random
 import shutil
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,12 +16,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
-from . import checkpoints, config, hub
+from . import checkpoints, config
 from .data import EpochSampler, collate
 from .errors import UserError
+from .maintenance import Maintenance
+from .weights import ShippingWeights
 
 
 @dataclass
@@ -36,7 +36,10 @@ class Recipe:
     pipeline_class: str
     save_frozen: Callable | None = None  # (folder) → writes the components that do not train, once at the start
     generate: Callable | None = None  # (unwrapped model, seeds, prompts or None) → uint8 NCHW, for --eval_steps
+    scheduler: Any = None  # the training noise scheduler: written to the run folder and every checkpoint-N/
     eval_prompts: list[str] | None = None  # text models: image k of an evaluation gets prompt k mod P
+    eval_classifier: str | None = None  # with --eval_steps: the classifier folder that reads prompt k as class k
+    resolved: dict = field(default_factory=dict)  # options the recipe resolved (unset → value), recorded with the config
 
 
 def check_output_dir(cfg, resuming: bool) -> None:
@@ -63,29 +66,144 @@ def _make_optimizer(cfg, params):
     return torch.optim.AdamW(params, **kwargs)
 
 
-def _tracker_config(cfg) -> dict:
-    # Trackers (tensorboard hparams) take scalars only.
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict(cfg).items()}
+@dataclass
+class Run:
+    """A training run once set up: what the loop and its maintenance share."""
 
+    cfg: Any
+    accelerator: Accelerator
+    recipe: Recipe
+    out: Path
+    seed: int
+    model: torch.nn.Module  # prepared by Accelerate (wrapped for DDP/FSDP/DeepSpeed)
+    optimizer: Any
+    lr_scheduler: Any
+    dataloader: Any
+    weights: ShippingWeights
+    updates_per_epoch: int
+    max_steps: int
+    global_step: int = 0
+    pending_losses: list = field(default_factory=list)  # the micro-batch losses of the update in progress
 
-def _log_grid(accelerator, grid, step: int) -> None:
-    import numpy as np
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.max_steps / self.updates_per_epoch)
 
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            arr = np.asarray(grid.convert("RGB"))
-            tracker.writer.add_image("samples", arr, step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({"samples": [wandb.Image(grid)]}, step=step)
+    def batches(self, epoch: int):
+        """The epoch's batches; in the epoch a resumed run starts in, without those its checkpoint consumed (every
+        update but an epoch's last consumes exactly gradient_accumulation_steps batches)."""
+        # accelerate's loader passes its epoch counter to our sampler on every __iter__ (and the loader that
+        # skip_first_batches makes copies it), so the epoch is set on the loader, not the sampler
+        self.dataloader.set_epoch(epoch)
+        done = (self.global_step - epoch * self.updates_per_epoch) * self.cfg.gradient_accumulation_steps
+        return self.accelerator.skip_first_batches(self.dataloader, done) if done > 0 else self.dataloader
 
 
 def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     """Train with `cfg`; build_recipe(cfg, accelerator) supplies model, data, loss and pipeline writer."""
+    run = set_up(cfg, build_recipe)
+    maintenance = Maintenance(run)
+    run.model.train()
+    for epoch in range(run.global_step // run.updates_per_epoch, run.num_epochs):
+        for batch in run.batches(epoch):
+            finished = update(run, batch)
+            maintenance.count(batch)
+            if finished is None:  # a micro-batch inside a gradient-accumulation window
+                continue
+            run.global_step += 1
+            maintenance.after_update(epoch, *finished)
+            if run.global_step >= run.max_steps:
+                break
+        if run.global_step >= run.max_steps:
+            break
+        maintenance.after_epoch(epoch)
+    maintenance.finish()
+    return run.out
+
+
+def update(run: Run, batch) -> tuple[float, Any] | None:
+    """Forward and backward of one micro-batch; at the last of an update's micro-batches, the optimizer step, the
+    LR schedule and the EMA. Returns the update's (loss, gradient norm) when it finished one, else None."""
+    accelerator = run.accelerator
+    finished = None
+    with accelerator.accumulate(run.model):
+        loss = run.recipe.loss(run.model, batch)
+        accelerator.backward(loss)
+        run.pending_losses.append(loss.detach())
+        if accelerator.sync_gradients:
+            step_loss = accelerator.gather(torch.stack(run.pending_losses).mean()).mean().item()
+            if not math.isfinite(step_loss):  # same value on every rank: all stop together, before the update
+                stop_on_bad_loss(run, step_loss)
+            finished = step_loss, accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    if finished is not None:
+        run.lr_scheduler.step()
+        run.weights.update()
+        run.pending_losses.clear()
+    return finished
+
+
+def stop_on_bad_loss(run: Run, loss: float) -> None:
+    run.accelerator.end_training()
+    last = checkpoints.list_checkpoints(run.out)
+    raise UserError(
+        f"loss became {loss} at step {run.global_step + 1}; stopped before the update. Last good checkpoint: "
+        f"{last[-1] if last else 'none'}. Resume from it with a lower --learning_rate (or --mixed_precision bf16 "
+        "instead of fp16)."
+    )
+
+
+def set_up(cfg, build_recipe) -> Run:
+    """Accelerator, seed, recipe, output folder, loader, optimizer, LR schedule, EMA, and the resumed state."""
     out = Path(cfg.output_dir)
     resume = checkpoints.find_resume_checkpoint(out, cfg.resume_from_checkpoint)
     check_output_dir(cfg, resuming=resume is not None)
+    accelerator = _accelerator(cfg, out)
+    seed = cfg.seed
+    if seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
+        seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
+    set_seed(seed)  # same initial weights on every rank
+    recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
+    _speed_options(cfg, recipe.model)
+    if accelerator.is_main_process:
+        _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg), **recipe.resolved},
+                          clear_checkpoints=cfg.overwrite_output_dir and resume is None)
+        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
+
+    dataloader = torch.utils.data.DataLoader(
+        recipe.dataset, batch_size=cfg.train_batch_size, sampler=EpochSampler(len(recipe.dataset), seed),
+        collate_fn=collate, num_workers=cfg.dataloader_num_workers,
+        # its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed
+        # run (which starts its iterator after restoring that RNG) would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+    )
+    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, recipe.model.parameters()),
+                                                       dataloader)
+    set_seed(seed, device_specific=True)  # different noise on each rank from here on
+    # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
+    # which would step it num_processes times per update (diffusers #1957/#3954).
+    updates_per_epoch = math.ceil(len(dataloader) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or cfg.num_epochs * updates_per_epoch
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=max_steps)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    weights = ShippingWeights(accelerator.unwrap_model(model), use_ema=config.uses_ema(cfg), max_decay=cfg.ema_max_decay,
+                              inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, device=accelerator.device)
+    checkpoints.register_diffusers_format(accelerator, weights.ema)
+    run = Run(cfg, accelerator, recipe, out, seed, model, optimizer, lr_scheduler, dataloader, weights,
+              updates_per_epoch, max_steps)
+    if resume is not None:
+        accelerator.print(f"Resuming from {resume}")
+        accelerator.load_state(str(resume))
+        run.global_step = checkpoints.read_state(resume)["global_step"]
+    total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    accelerator.print(f"{len(recipe.dataset)} examples, {updates_per_epoch} updates/epoch, {max_steps} updates "
+                      f"({run.num_epochs} epochs), {total_batch} images/update")
+    return run
+
+
+def _accelerator(cfg, out: Path) -> Accelerator:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
@@ -97,11 +215,10 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
             f"note: training on {torch.get_num_threads()} CPU thread(s) per process of {os.cpu_count()} cores; "
             "`accelerate launch` sets OMP_NUM_THREADS=1 on CPU unless given --num_cpu_threads_per_process N."
         )
-    if cfg.seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
-        cfg.seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
-    set_seed(cfg.seed)  # same initial weights on every rank
-    recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
-    model = recipe.model
+    return accelerator
+
+
+def _speed_options(cfg, model) -> None:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.enable_xformers_memory_efficient_attention:
@@ -111,166 +228,22 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
             raise UserError("--enable_xformers_memory_efficient_attention needs xformers: pip install xformers.") from None
         model.enable_xformers_memory_efficient_attention()
 
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.overwrite_output_dir and resume is None:
-            for stale in checkpoints.list_checkpoints(out):  # else 'latest' could pick another run's state
-                shutil.rmtree(stale)
-        config.dump(cfg, out / "training_config.yaml")
-        if recipe.save_frozen is not None:
-            recipe.save_frozen(out)
-        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg))
 
-    sampler = EpochSampler(len(recipe.dataset), cfg.seed)
-    dataloader = torch.utils.data.DataLoader(
-        recipe.dataset, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=cfg.dataloader_num_workers,
-        # its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed
-        # run (which starts its iterator after restoring that RNG) would drift from an uninterrupted one
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    optimizer = _make_optimizer(cfg, model.parameters())
-    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    set_seed(cfg.seed, device_specific=True)  # different noise on each rank from here on
+def _write_run_folder(cfg, out: Path, recipe: Recipe, resolved: dict, clear_checkpoints: bool) -> None:
+    """What a run folder holds from its start: the config as resolved, the training scheduler (so a checkpoint samples
+    before the first pipeline save) and the frozen components."""
+    out.mkdir(parents=True, exist_ok=True)
+    if clear_checkpoints:
+        for stale in checkpoints.list_checkpoints(out):  # else 'latest' could pick another run's state
+            shutil.rmtree(stale)
+    config.dump(cfg, out / "training_config.yaml", resolved)
+    if recipe.scheduler is not None:
+        recipe.scheduler.save_pretrained(str(out / "scheduler"))
+    if recipe.save_frozen is not None:
+        recipe.save_frozen(out)
 
-    # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
-    # which would step it num_processes times per update (diffusers #1957/#3954).
-    updates_per_epoch = math.ceil(len(dataloader) / cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_train_steps or cfg.num_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                 num_training_steps=max_steps)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    ema = None
-    if config.uses_ema(cfg):
-        ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, model_cls=type(unwrapped),
-                       model_config=unwrapped.config)
-        ema.to(accelerator.device)
-    checkpoints.register_diffusers_format(accelerator, ema)
 
-    global_step = 0
-    if resume is not None:
-        accelerator.print(f"Resuming from {resume}")
-        accelerator.load_state(str(resume))
-        global_step = checkpoints.read_state(resume)["global_step"]
-    first_epoch = global_step // updates_per_epoch
-    # Every update but an epoch's last consumes exactly gradient_accumulation_steps batches.
-    skip_batches = (global_step % updates_per_epoch) * cfg.gradient_accumulation_steps
-
-    def with_shipping_weights(action):
-        """Run action(unwrapped model) with the EMA weights swapped in when EMA is on."""
-        if ema is not None:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
-        unwrapped.eval()
-        try:
-            return action(unwrapped)
-        finally:
-            unwrapped.train()
-            if ema is not None:
-                ema.restore(unwrapped.parameters())
-
-    def validate(step: int) -> None:
-        if accelerator.is_main_process:
-            grid = with_shipping_weights(recipe.sample_grid)
-            (out / "samples").mkdir(exist_ok=True)
-            grid.save(out / "samples" / f"step-{step}.png")
-            _log_grid(accelerator, grid, step)
-
-    periodic_evaluation = None
-    if cfg.eval_steps:
-        from .periodic_evaluation import PeriodicEvaluation
-
-        periodic_evaluation = PeriodicEvaluation(cfg, recipe.generate, recipe.eval_prompts,
-                                                 getattr(cfg, "eval_classifier", None), accelerator.device)
-
-    def evaluate(step: int) -> None:
-        if accelerator.is_main_process:
-            accelerator.log(with_shipping_weights(periodic_evaluation), step=step)
-        accelerator.wait_for_everyone()
-
-    pushes = []
-
-    def save_pipeline(step: int) -> None:
-        if accelerator.is_main_process:
-            with_shipping_weights(lambda m: recipe.save_pipeline(m, out))
-            if cfg.push_to_hub:
-                pushes.append(hub.push_pipeline(cfg, out, step, recipe.pipeline_class,
-                                                (recipe.eval_prompts or [None])[0]))
-        accelerator.wait_for_everyone()
-
-    total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
-    accelerator.print(
-        f"{len(recipe.dataset)} examples, {updates_per_epoch} updates/epoch, {max_steps} updates "
-        f"({num_epochs} epochs), {total_batch} images/update"
-    )
-    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_main_process, desc="train")
-    model.train()
-    running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
-    for epoch in range(first_epoch, num_epochs):
-        # accelerate's loader passes its epoch counter to our sampler on every __iter__ (and the loader that
-        # skip_first_batches makes copies it), so the epoch is set on the loader, not the sampler
-        dataloader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if epoch == first_epoch and skip_batches else dataloader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = recipe.loss(model, batch)
-                accelerator.backward(loss)
-                running_loss, micro_steps = running_loss + loss.detach(), micro_steps + 1
-                if accelerator.sync_gradients:
-                    step_loss = accelerator.gather(running_loss / micro_steps).mean().item()
-                    if not math.isfinite(step_loss):  # same value on every rank: all stop together
-                        accelerator.end_training()
-                        last = checkpoints.list_checkpoints(out)
-                        raise UserError(
-                            f"loss became {step_loss} at step {global_step + 1}; stopped before the update. Last good "
-                            f"checkpoint: {last[-1] if last else 'none'}. Resume from it with a lower --learning_rate "
-                            "(or --mixed_precision bf16 instead of fp16)."
-                        )
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_images += len(batch["caption_ids" if "caption_ids" in batch else "pixels"]) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            lr_scheduler.step()
-            if ema is not None:
-                ema.step(unwrapped.parameters())
-            global_step += 1
-            elapsed = time.perf_counter() - window_start
-            logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "images_per_s": window_images / max(elapsed, 1e-9), "epoch": epoch}
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            accelerator.log(logs, step=global_step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
-            if global_step % cfg.checkpointing_steps == 0:
-                checkpoints.save_checkpoint(accelerator, out, global_step, {"epoch": epoch},
-                                            cfg.checkpoints_total_limit)
-            if cfg.validation_steps and global_step % cfg.validation_steps == 0:
-                validate(global_step)
-            if cfg.eval_steps and global_step % cfg.eval_steps == 0:
-                evaluate(global_step)
-            # the next rate window starts here, so checkpoint, validation and evaluation time do not count as training
-            running_loss, micro_steps, window_start, window_images = 0.0, 0, time.perf_counter(), 0
-            if global_step >= max_steps:
-                break
-        if global_step < max_steps:  # an epoch ended and training goes on
-            if (epoch + 1) % cfg.save_model_epochs == 0:
-                save_pipeline(global_step)
-            if cfg.save_images_epochs and (epoch + 1) % cfg.save_images_epochs == 0:
-                validate(global_step)
-        if global_step >= max_steps:
-            break
-    progress.close()
-    if cfg.validation_steps and global_step % cfg.validation_steps:
-        validate(global_step)  # the final grid, unless this step just wrote one
-    save_pipeline(global_step)
-    for future in pushes:
-        future.result()  # uploads ran in the background; wait before the process exits
-    accelerator.end_training()
-    return out
-
+def _tracker_config(cfg, resolved: dict) -> dict:
+    # Trackers (tensorboard hparams) take scalars only.
+    values = {**config.to_dict(cfg), **resolved}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}

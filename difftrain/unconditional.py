@@ -38,7 +38,6 @@ def build_recipe(cfg, accelerator) -> Recipe:
         dataset = load_training_images(cfg)
     unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
     scheduler = noise_scheduler_for(cfg)  # for EDM: an EDMEulerScheduler, so sampling applies the same scalings
-    cfg.prediction_type = scheduler.config.prediction_type  # resolved, so training_config.yaml records it
     objective = objective_for(cfg, scheduler)
 
     def loss(model, batch):
@@ -61,4 +60,6 @@ def build_recipe(cfg, accelerator) -> Recipe:
         # deterministic samples (DDIM; EDM Euler for EDM) from fixed seeds, so grids from different steps compare
         sample_grid=lambda model: image_grid(generate_images(model, list(range(cfg.eval_batch_size)))),
         pipeline_class="DDPMPipeline",
+        scheduler=scheduler,
+        resolved={"prediction_type": scheduler.config.prediction_type},
     )

@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate as script
 import sample as sample_script
 from conftest import run_script, snapshot
-from difftrain import evaluation, metrics
+from difftrain import evaluation, metrics, plots
 
 SIZE = 8
 N = 6  # generated images per run, and reference images
@@ -123,8 +123,8 @@ def test_sweep_writes_csv_plot_and_metrics(random_run, ref_stats, tmp_path):
 def test_plot_draws_one_colour_per_scheduler():
     rows = [{"scheduler": s, "network_calls": n, "fid": f} for s, n, f in
             [("a", 5, 50.0), ("a", 10, 20.0), ("b", 5, 40.0), ("b", 20, 10.0)]]
-    pixels = np.asarray(evaluation.plot_fid_vs_nfe(rows)).reshape(-1, 3)
-    for color in evaluation.COLORS[:2]:
+    pixels = np.asarray(plots.plot_fid_vs_nfe(rows)).reshape(-1, 3)
+    for color in plots.COLORS[:2]:
         assert (pixels == color).all(axis=1).sum() > 50
 
 

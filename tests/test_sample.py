@@ -16,8 +16,9 @@ import sample as script
 from conftest import OVERFIT_SIZE, psnr, red_circle, run_script
 from difftrain import config
 from difftrain.data import to_uint8
+from difftrain.errors import UserError
 from difftrain.pipelines import generate, guided_predictor, unet_predictor
-from difftrain.sampling import load_model
+from difftrain.loading import load_model
 from difftrain.schedulers import SCHEDULERS, scheduler_from_training_config
 
 HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
@@ -205,17 +206,19 @@ def test_checkpoint_loads_ema_weights_or_raw_ones(run):
     assert not np.array_equal(ema_png, raw_png)
 
 
-def test_checkpoint_of_a_run_without_a_pipeline_uses_training_config(tmp_path):
-    """A run stopped before its first pipeline save: the scheduler comes from training_config.yaml."""
-    run_dir = tmp_path / "early"
-    (run_dir / "checkpoint-5").mkdir(parents=True)
-    tiny_2d_unet().save_pretrained(run_dir / "checkpoint-5" / "unet")
-    config.dump(config.TrainConfig(ddpm_num_steps=100, prediction_type="v_prediction", seed=1),
-                run_dir / "training_config.yaml")
-    model = load_model(str(run_dir / "checkpoint-5"))
+def test_a_checkpoint_samples_with_the_training_scheduler_it_holds(tmp_path):
+    """A run stopped before its first pipeline save, or a checkpoint copied elsewhere: its own scheduler/ says how it
+    was trained; without one, one line says what is missing (sampling never rebuilds it from training code)."""
+    ckpt = tmp_path / "early" / "checkpoint-5"
+    tiny_2d_unet().save_pretrained(ckpt / "unet")
+    DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction").save_pretrained(ckpt / "scheduler")
+    model = load_model(str(ckpt))
     assert model.weights == "unet"
     assert model.scheduler_config["num_train_timesteps"] == 100
     assert model.scheduler_config["prediction_type"] == "v_prediction"
+    (ckpt / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(UserError, match="no scheduler/scheduler_config.json"):
+        load_model(str(ckpt))
 
 
 def test_scheduler_all_writes_a_labelled_sheet_and_timings(run, tmp_path):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, captioned_dataset, snapshot
 from difftrain.pipelines import TextToImagePipeline
+from difftrain.loading import load_model
 
 TINY = ["--config", ROOT / "configs/tiny.yaml"]
 TINY_TEXT_UNET = ('{"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, '
@@ -165,6 +166,8 @@ def test_finetune_sd_in_bf16_with_cached_latents_keeps_fp32_parts(tiny_sd_pipeli
                                          "--cache_latents", "--random_flip", "--checkpoints_total_limit", 1),
                                "--output_dir", out) == 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    # the checkpoint samples with its own training scheduler: latents are not clipped to [-1, 1]
+    assert load_model(str(out / "checkpoint-4")).scheduler_config["clip_sample"] is False
     for part, name in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors"),
                        ("unet", "diffusion_pytorch_model.safetensors")):
         assert {t.dtype for t in weights(out / part, name).values()} == {torch.float32}, part

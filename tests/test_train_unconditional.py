@@ -1,5 +1,6 @@
 """End-to-end runs of train_unconditional.py on tiny models (real training, CPU, seconds each)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -19,6 +20,30 @@ TINY = ["--config", ROOT / "configs/tiny.yaml"]
 
 def weights(folder):
     return load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+
+
+def test_the_config_holds_what_was_asked_and_the_run_folder_what_was_resolved(tmp_path):
+    """Unset options (seed, prediction type, EMA) are resolved by the run and written to training_config.yaml; the
+    config object keeps what the user asked. The training scheduler is in the run folder from the start (the grids'
+    samplers and sample.py read it) and in every checkpoint."""
+    from conftest import reset_accelerate
+    from difftrain import config, trainer, unconditional
+
+    cfg = config.parse(config.TrainConfig, [*map(str, TINY), "--output_dir", str(tmp_path / "run"),
+                                            "--max_train_steps", "2", "--checkpointing_steps", "2"])
+    cfg = dataclasses.replace(cfg, seed=None)
+    asked = config.to_dict(cfg)
+    reset_accelerate()
+    try:
+        out = trainer.train(cfg, unconditional.build_recipe)
+    finally:
+        reset_accelerate()
+    assert config.to_dict(cfg) == asked and cfg.seed is None and cfg.prediction_type is None
+    saved = yaml.safe_load((out / "training_config.yaml").read_text())
+    assert isinstance(saved["seed"], int) and saved["prediction_type"] == "v_prediction" and saved["use_ema"] is True
+    assert config.to_dict(config.from_dict(config.TrainConfig, saved))["seed"] == saved["seed"]  # --config repeats it
+    for folder in (out, out / "checkpoint-2"):
+        assert DDPMScheduler.from_pretrained(folder / "scheduler").config.prediction_type == "v_prediction"
 
 
 def test_tiny_run_loads_with_plain_diffusers(tmp_path, train_unconditional):

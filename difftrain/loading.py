@@ -1,0 +1,186 @@
+"""A trained model, loaded for sampling: a pipeline folder, a checkpoint-N/ folder or a Hub id, with the training
+scheduler config it was saved with, its frozen text encoder and VAE, and the guidance its run sampled at. Reads saved
+files only, never training code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from diffusers import UNet2DConditionModel, UNet2DModel
+
+from .errors import UserError
+from .utils import first_line
+
+UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "vae/*"]
+
+
+@dataclass
+class Model:
+    """What sampling needs from a trained model, wherever it came from."""
+
+    unet: torch.nn.Module
+    scheduler_config: dict  # the TRAINING scheduler config: every sampler is built from it
+    path: Path  # the local folder the weights were read from
+    weights: str  # "unet" or "unet_ema"
+    samples_dir: Path  # where output folders go by default
+    encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: latents → images in [-1, 1]
+    guidance_scale: float | None = None  # text models: the scale its run sampled its grids at (training_config.yaml)
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.unet, UNet2DConditionModel)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return self.unet.config.in_channels, h, w
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d, ok in available.items() if ok))
+    if not available[name]:
+        raise UserError(f"--device {name}: not available on this machine; use --device auto.")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """EMA folders carry the EMA's own settings in config.json; diffusers warns that it ignores them."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+
+def local_folder(model: str) -> Path:
+    """--model as a local folder: itself, or the Hub snapshot (cached, or downloaded when online)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"--model {model} is a file; pass a pipeline folder, a checkpoint-N folder or a Hub id.")
+    if not HUB_ID.match(model):
+        raise UserError(f"--model {model}: no such folder; pass a training run's output_dir, one of its "
+                        "checkpoint-N folders, or a Hub id (user/name).")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated, network down: all end the same way
+        why = ("HF_HUB_OFFLINE is set and it is not in the Hub cache" if constants.HF_HUB_OFFLINE
+               else f"{e.__class__.__name__}: {first_line(e)}")
+        raise UserError(f"--model {model}: not a local folder, and the Hub could not provide it ({why}); "
+                        "pass a local pipeline or checkpoint-N folder, or retry online.") from None
+
+
+def _load_unet(folder: Path, dtype: torch.dtype):
+    try:
+        class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder}: no readable config.json ({first_line(e)}).") from None
+    if class_name not in UNET_CLASSES:
+        raise UserError(f"{folder} holds a {class_name}; sample.py samples {' and '.join(UNET_CLASSES)} models.")
+    try:
+        with _quiet_diffusers():
+            unet = UNET_CLASSES[class_name].from_pretrained(str(folder), torch_dtype=dtype)
+    except Exception as e:
+        raise UserError(f"{folder}: cannot load the UNet weights ({first_line(e)}).") from None
+    if unet.config.get("num_class_embeds") or unet.config.get("class_embed_type"):
+        raise UserError(f"{folder}: a class-conditional UNet; sample.py does not pass class labels yet.")
+    return unet
+
+
+def training_scheduler_config(folder: Path) -> dict:
+    """The TRAINING scheduler config saved in folder/scheduler/ (a run folder holds it from its first step, a
+    checkpoint-N/ holds its own): every sampler is built from it."""
+    saved = folder / "scheduler" / "scheduler_config.json"
+    if not saved.is_file():
+        raise UserError(f"{folder}: no scheduler/scheduler_config.json, so the training noise schedule is unknown; "
+                        "pass a training run's output_dir or one of its checkpoint-N folders.")
+    try:
+        return dict(json.loads(saved.read_text()))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{saved}: not a readable scheduler config ({first_line(e)}).") from None
+
+
+def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
+    """prompts → encoder hidden states, from the text_encoder/ and tokenizer/ saved beside the UNet, encoded
+    exactly as the text-to-image trainer encodes captions."""
+    if not ((folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
+        return None
+    from .text import TextEncoder
+
+    encoder = TextEncoder.load(str(folder), tokenizer_subfolder="tokenizer", text_encoder_subfolder="text_encoder",
+                               flag="--model").to(device, dtype)
+    return encoder.encode
+
+
+def _latent_decoder(folder: Path, device, dtype) -> Callable | None:
+    """latents → images in [-1, 1], from the vae/ saved beside the UNet (latent-space models only)."""
+    if not (folder / "vae").is_dir():
+        return None
+    from .latents import decode, load_vae
+
+    vae = load_vae(str(folder / "vae"), flag="--model").to(device, dtype)
+    return lambda latents: decode(vae, latents)
+
+
+def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32) -> Model:
+    """A pipeline folder (model_index.json + unet/ + scheduler/), a checkpoint-N/ folder (unet/, and unet_ema/ when
+    trained with EMA, and scheduler/; the frozen text encoder and VAE come from the run folder around it), or a
+    Hub id."""
+    folder = local_folder(model)
+    if (folder / "model_index.json").is_file():
+        if not (folder / "unet").is_dir():
+            raise UserError(f"--model {model}: model_index.json but no unet/; sample.py samples UNet pipelines.")
+        run, weights, samples_dir = folder, "unet", folder / "samples"
+        if not Path(model).is_dir():  # a Hub snapshot: write beside the caller, not into the cache
+            samples_dir = Path(model.split("/")[-1]) / "samples"
+    elif (folder / "unet").is_dir():  # a checkpoint
+        run = folder.parent
+        weights = "unet_ema" if use_ema and (folder / "unet_ema").is_dir() else "unet"
+        suffix = "-no_ema" if weights == "unet" and (folder / "unet_ema").is_dir() else ""
+        samples_dir = folder.parent / "samples" / f"{folder.name}{suffix}"
+    else:
+        raise UserError(f"--model {model}: neither a pipeline folder (no model_index.json) nor a checkpoint "
+                        "(no unet/); pass a training run's output_dir or one of its checkpoint-N folders.")
+    unet = _load_unet(folder / weights, dtype).to(device).eval()
+    scheduler_folder = folder if (folder / "scheduler").is_dir() else run  # checkpoints before this version: the run's
+    return Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
+                 weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
+                 decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run))
+
+
+def _trained_guidance(run: Path) -> float | None:
+    """The guidance scale the run drew its grids at: what the model was trained to be sampled with."""
+    path = run / "training_config.yaml"
+    if not path.is_file():
+        return None
+    value = (yaml.safe_load(path.read_text()) or {}).get("validation_guidance_scale")  # as the run resolved it
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def resolve_guidance(model: Model, requested: float | None) -> float:
+    """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5."""
+    if requested is not None:
+        return requested
+    return model.guidance_scale if model.guidance_scale is not None else 7.5

@@ -31,8 +31,9 @@ from difftrain.classifier import load_classifier, predict_proba, train_and_save
 from difftrain.config import SampleConfig
 from difftrain.evaluation import class_prompts
 from difftrain.pipelines import image_grid
-from difftrain.loading import load_model, resolve_device, resolve_guidance
+from difftrain.loading import load_model, resolve_guidance
 from difftrain.sampling import build_scheduler, sample_images
+from difftrain.utils import resolve_device
 from difftrain.schedulers import default_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent

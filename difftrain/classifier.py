@@ -196,8 +196,7 @@ def train_and_save(dataset_name: str, output_dir: str | Path, *, epochs: int = 3
 
 def train_classifier_command(cfg) -> Path:
     """`evaluate.py train-classifier`: train, report the test accuracy, save to --output_dir."""
-    from .loading import resolve_device
-    from .sampling import prepare_output_dir
+    from .utils import prepare_output_dir, resolve_device
 
     device = resolve_device("auto")
     out = prepare_output_dir(Path(cfg.output_dir))

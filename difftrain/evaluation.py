@@ -21,11 +21,11 @@ from .data.builtin import DIGIT_WORDS
 from .data.images import choose_mode, open_image, resize_shorter_side
 from .data.sources import IMAGE_EXTENSIONS
 from .errors import UserError
-from .loading import Model, load_model, resolve_device, resolve_guidance
-from .sampling import build_scheduler, package_versions, prepare_output_dir, sample_images
+from .loading import Model, load_model, resolve_guidance
+from .sampling import build_scheduler, package_versions, sample_images
 from .plots import plot_fid_vs_nfe
 from .schedulers import default_scheduler, scheduler_table
-from .utils import DTYPES, write_text_atomic
+from .utils import DTYPES, prepare_output_dir, resolve_device, write_text_atomic
 
 CHUNK = 500  # images generated before their features are taken: bounds the images held at once
 NOT_SAMPLES = {"grid.png", "comparison.png", "sweep.png"}  # what sample.py/evaluate.py write beside the images

@@ -47,16 +47,6 @@ class Model:
         return self.unet.config.in_channels, h, w
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA, then MPS, then CPU."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if name == "auto":
-        return torch.device(next(d for d, ok in available.items() if ok))
-    if not available[name]:
-        raise UserError(f"--device {name}: not available on this machine; use --device auto.")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def _quiet_diffusers():
     """EMA folders carry the EMA's own settings in config.json; diffusers warns that it ignores them."""

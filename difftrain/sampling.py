@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data.images import to_uint8
 from .errors import UserError
-from .loading import Model, load_model, resolve_device, resolve_guidance
+from .loading import Model, load_model, resolve_guidance
 from .pipelines import comparison_sheet, generate, guided_predictor, image_grid, unet_predictor
 from .schedulers import (
     check_num_inference_steps,
@@ -33,7 +33,7 @@ from .schedulers import (
     scheduler_table,
     step_options,
 )
-from .utils import DTYPES
+from .utils import DTYPES, prepare_output_dir, resolve_device
 
 # ----------------------------------------------------------------------------------------------
 # Prompts
@@ -125,19 +125,6 @@ def build_scheduler(name: str, model: Model, cfg, *, strict: bool = True):
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def prepare_output_dir(path: Path) -> Path:
-    """Create the folder and prove it takes a file, before any time is spent sampling."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--output_dir {path}: cannot write there ({e.strerror or e}); pass a writable "
-                        "folder.") from None
-    return path
 
 
 def write_images(out: Path, images_u8: torch.Tensor, output_type: str, seeds: list[int]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Small things every part needs once: an error's first line, writes that are complete or absent, where our caches
-live, and the dtype names of the command lines."""
+"""Small things every part needs once: an error's first line, writes that are complete or absent, an output folder
+proven writable, where our caches live, the device and dtype names of the command lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from .errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # --dtype / --mixed_precision names
 
@@ -36,6 +38,29 @@ def written_beside(path: str | Path, suffix: str = ".partial"):
 def write_text_atomic(path: str | Path, text: str) -> None:
     with written_beside(path) as tmp:
         tmp.write_text(text)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d, ok in available.items() if ok))
+    if not available[name]:
+        raise UserError(f"--device {name}: not available on this machine; use --device auto.")
+    return torch.device(name)
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create the folder and prove it takes a file, before any time is spent sampling."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--output_dir {path}: cannot write there ({e.strerror or e}); pass a writable "
+                        "folder.") from None
+    return path
 
 
 def cache_root(cache_dir: str | None, name: str) -> Path:

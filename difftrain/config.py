@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UserError
+from .objectives import PREDICTION_TYPES
 # the engine's verbs, used as config.parse(TrainConfig, argv) etc.
 from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict  # noqa: F401
 
@@ -58,7 +59,7 @@ class TrainConfig:
     )
     prediction_type: str | None = opt(
         None, "What the UNet predicts (unset: v_prediction from scratch, or the pretrained model's).",
-        choices=["epsilon", "v_prediction", "sample"],
+        choices=list(PREDICTION_TYPES),
     )
     snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (5.0 is the paper's choice).")
     noise_offset: float = opt(0.0, "Offset noise scale (e.g. 0.05): lets the model learn very dark/bright images.")
@@ -138,9 +139,17 @@ class TrainConfig:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {value}).")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive (got {self.learning_rate}).")
-        if self.objective == "edm" and (self.snr_gamma is not None or self.prediction_type not in (None, "epsilon")):
-            raise UserError("--objective edm has its own preconditioning and loss weight; drop --snr_gamma and "
-                            "--prediction_type.")
+        if self.objective == "edm":
+            # EDM replaces the DDPM schedule and parameterisation; min-SNR, offset noise and input perturbation
+            # combine with it (objectives.py)
+            defaults = {name: fields_of(type(self))[name].default for name in
+                        ("ddpm_num_steps", "ddpm_beta_schedule", "rescale_betas_zero_snr")}
+            ddpm_only = [f"--{name}" for name, default in defaults.items() if getattr(self, name) != default]
+            if self.prediction_type not in (None, "epsilon"):  # diffusers' EDM schedulers call c_out·F "epsilon"
+                ddpm_only.insert(0, "--prediction_type")
+            if ddpm_only:
+                raise UserError(f"--objective edm has its own noise levels and preconditioning; drop "
+                                f"{', '.join(ddpm_only)} (they describe the DDPM objective).")
         if self.eval_steps is not None and self.eval_num_samples < 2:
             raise UserError(f"--eval_num_samples must be at least 2 for FID/KID (got {self.eval_num_samples}).")
         if self.eval_steps is not None and self.train_data_dir:

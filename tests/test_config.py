@@ -153,3 +153,14 @@ def test_gpu_presets_parse_and_build(path):
     unet = build_unet(cfg.unet, resolution=cfg.resolution, channels=1,
                       model_cls=UNet2DConditionModel if text else UNet2DModel, **extra)
     assert sum(p.numel() for p in unet.parameters()) > 10_000_000
+
+
+def test_edm_refuses_the_ddpm_only_flags_and_takes_the_ones_that_compose():
+    with pytest.raises(UserError, match="--ddpm_beta_schedule, --rescale_betas_zero_snr"):
+        config.parse(config.TrainConfig, ["--objective", "edm", "--ddpm_beta_schedule", "linear",
+                                          "--rescale_betas_zero_snr"])
+    with pytest.raises(UserError, match="--prediction_type"):
+        config.parse(config.TrainConfig, ["--objective", "edm", "--prediction_type", "v_prediction"])
+    cfg = config.parse(config.TrainConfig, ["--objective", "edm", "--snr_gamma", "5", "--noise_offset", "0.05",
+                                            "--input_perturbation", "0.1"])
+    assert (cfg.snr_gamma, cfg.noise_offset, cfg.input_perturbation) == (5.0, 0.05, 0.1)

@@ -177,3 +177,30 @@ def test_edm_loss_is_zero_for_the_right_network(x0_noise):
 
     assert objective.loss(oracle, x0).item() < 1e-6
     assert objective.loss(lambda s, c: torch.zeros_like(s), x0).item() > 0.1
+
+
+def test_min_snr_composes_with_edm_as_min_snr_in_x0_space():
+    """The weighting is a part of its own: on EDM's F it is min(SNR, γ)/λ(σ), i.e. min(1/σ², γ) in x0 space."""
+    weight = objectives.EDMObjective(snr_gamma=5.0).weight(SIGMAS)
+    x0_space = weight * objectives.edm_weight(SIGMAS, 0.5)
+    assert torch.allclose(x0_space, torch.minimum(1 / SIGMAS**2, torch.tensor(5.0)), rtol=1e-5)
+    assert torch.equal(objectives.EDMObjective().weight(SIGMAS), torch.ones(3))  # natural: λ(σ)
+
+
+def test_edm_takes_offset_noise_and_input_perturbation(x0_noise):
+    """Perturbed noise changes the network's input; the target stays D = x0, so an oracle that denoises what it
+    sees to x0 still scores 0, and offset noise shifts whole channels of the input."""
+    x0, _ = x0_noise
+    seen = {}
+
+    def oracle(scaled, c_noise):
+        sigma = (4 * c_noise).exp().reshape(-1, 1, 1, 1)
+        c_skip, c_out, c_in, _ = objectives.edm_scalings(sigma, 0.5)
+        seen.setdefault("inputs", []).append(scaled)
+        return (x0 - c_skip * scaled / c_in) / c_out
+
+    for gamma, offset in ((0.0, 0.0), (0.5, 0.0), (0.0, 1.0)):
+        torch.manual_seed(1)
+        assert objectives.EDMObjective(input_perturbation=gamma, noise_offset=offset).loss(oracle, x0).item() < 1e-6
+    plain, perturbed, offset = seen["inputs"]
+    assert not torch.allclose(plain, perturbed) and not torch.allclose(plain, offset)

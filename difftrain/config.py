@@ -108,12 +108,12 @@ class TrainConfig:
     validation_steps: int | None = opt(250, "Write samples/step-N.png every N optimizer updates.")
     save_images_epochs: int | None = opt(None, "Also write a sample grid every N epochs.")
     validation_inference_steps: int = opt(
-        50, "DDIM steps for the sample grids.", aliases=["--ddpm_num_inference_steps"]
+        50, "Sampling steps of the sample grids (euler_a; euler for EDM).", aliases=["--ddpm_num_inference_steps"]
     )
     eval_batch_size: int = opt(16, "Images in each sample grid.")
     eval_steps: int | None = opt(None, "Every N optimizer updates, log FID and KID of --eval_num_samples samples "
                                  "against the dataset's --eval_split (and prompt accuracy with --eval_classifier).")
-    eval_num_samples: int = opt(1000, "Samples per --eval_steps evaluation (DDIM, --validation_inference_steps).")
+    eval_num_samples: int = opt(1000, "Samples per --eval_steps evaluation (the grids' sampler, --validation_inference_steps).")
     eval_split: str = opt("test", "Reference split of the training dataset for --eval_steps.")
     report_to: str = opt("tensorboard", "Tracker.", choices=["tensorboard", "wandb", "none"], aliases=["--logger"])
     logging_dir: str = opt("logs", "Tracker folder, relative to output_dir.")
@@ -246,7 +246,7 @@ class SamplerOptions:
 
     no_ema: bool = opt(False, "From a checkpoint-N/ folder, take the raw unet/ weights instead of unet_ema/.")
     scheduler: str | None = opt(
-        None, "Sampler short name (see sample.py --list_schedulers; unset: ddim, euler for EDM models)."
+        None, "Sampler short name (see sample.py --list_schedulers; unset: euler_a, euler for EDM models)."
     )
     num_inference_steps: int = opt(50, "Sampling steps.")
     eta: float = opt(0.0, "DDIM eta: 0 is deterministic, 1 adds DDPM-like noise (ddim only).")
@@ -285,7 +285,7 @@ class SampleConfig(SamplerOptions):
 
     model: str = opt("ddpm-mnist", "A pipeline folder written by a trainer, a checkpoint-N/ folder, or a Hub id.")
     scheduler: str | None = opt(
-        None, "Sampler short name (see --list_schedulers), or 'all' for a comparison sheet (unset: ddim; euler for "
+        None, "Sampler short name (see --list_schedulers), or 'all' for a comparison sheet (unset: euler_a; euler for "
         "EDM models)."
     )
     list_schedulers: bool = opt(False, "Print the scheduler names, one line each, and exit.")

@@ -57,7 +57,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         dataset=dataset,
         loss=loss,
         save_pipeline=lambda model, folder: DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder),
-        # deterministic samples (DDIM; EDM Euler for EDM) from fixed seeds, so grids from different steps compare
+        # samples from fixed seeds (the default sampler's: euler_a; euler for EDM), so grids from different steps compare
         sample_grid=lambda model: image_grid(generate_images(model, list(range(cfg.eval_batch_size)))),
         pipeline_class="DDPMPipeline",
         scheduler=scheduler,

@@ -26,14 +26,14 @@ def test_trains_scores_and_writes_row_json_and_grid(tmp_path, tiny_classifier):
                            "--", "train_unconditional.py", "--config", "configs/tiny.yaml"])
     assert (tmp_path / "tiny" / "model_index.json").is_file()
     assert record["train_images"] == 20 * 8 and record["train_seconds"] > 0 and record["images_per_s"] > 0
-    assert record["num_samples"] == 20 and record["scheduler"] == "ddim" and record["steps"] == 4
+    assert record["num_samples"] == 20 and record["scheduler"] == "euler_a" and record["steps"] == 4
     assert 0 <= record["legible"] <= 1 and 0 <= record["rarest_share"] <= 0.1 + 1e-9
     assert abs(sum(record["class_shares"]) - 1) < 1e-3
     assert 0 <= record["real_legible"] <= 1 and 0 <= record["real_rarest_share"] <= 0.1 + 1e-9
     assert np.isfinite(record["fid"]) and np.isfinite(record["fid_floor"]) and record["fid_floor"] < record["fid"]
     assert json.loads((results / "quality-tiny.json").read_text())["fid"] == record["fid"]
     rows = (results / "quality.md").read_text().splitlines()
-    assert rows[0].startswith("| run |") and rows[-1].startswith("| tiny | ddim 4 | 20 |")
+    assert rows[0].startswith("| run |") and rows[-1].startswith("| tiny | euler_a 4 | 20 |")
     assert len(rows[-1].split("|")) == len(rows[0].split("|"))
     from PIL import Image
 

@@ -171,6 +171,7 @@ def test_edm_models_get_the_edm_table():
     assert isinstance(s, EDMDPMSolverMultistepScheduler)
     assert s.config.sigma_max == 40.0 and s.config.prediction_type == "v_prediction"
     assert default_scheduler(edm) == "euler" and default_scheduler(DDPMScheduler().config) == "euler_a"
+    assert default_scheduler(DDPMScheduler(prediction_type="sample").config) == "ddim"  # euler_a cannot step x0
     names = ", ".join(EDM_SCHEDULERS).replace("+", "\\+")
     with pytest.raises(UserError, match=f"for an EDM model; choose one of: {names}"):
         scheduler_from_training_config("ddim", edm)

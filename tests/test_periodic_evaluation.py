@@ -7,6 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
+from difftrain.config import DIGIT_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +44,21 @@ def test_text_run_logs_prompt_accuracy(small_mnist, tmp_path, train_text_to_imag
     from difftrain.classifier import ARCHITECTURE, Classifier, SmallCNN, save_classifier
     from test_train_text_to_image import TINY_TEXT_UNET
 
-    torch.manual_seed(0)
+    # a classifier that reads every image as a 3, so the logged accuracy is known: images k = 0..14 are asked for
+    # digit k mod 10 (the ten digit prompts, in label order), and only k = 3 and 13 ask for a 3
     classifier = tmp_path / "classifier"
     network = SmallCNN(10)
+    with torch.no_grad():
+        network.head[-1].weight.zero_()
+        network.head[-1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
     save_classifier(Classifier(network, {"architecture": ARCHITECTURE, "labels": [str(d) for d in range(10)],
                                          "num_classes": 10}), classifier)
     out = tmp_path / "run"
     assert train_text_to_image("--config", ROOT / "configs/tiny.yaml", "--dataset_name", small_mnist,
                                "--unet", TINY_TEXT_UNET, "--output_dir", out, "--max_train_steps", 4,
-                               "--eval_steps", 4, "--eval_num_samples", 10, "--validation_inference_steps", 3,
-                               "--eval_classifier", classifier, "--report_to", "tensorboard") == 0
+                               "--eval_steps", 4, "--eval_num_samples", 15, "--validation_inference_steps", 3,
+                               "--eval_classifier", classifier, "--report_to", "tensorboard",
+                               "--validation_prompts", *DIGIT_PROMPTS) == 0
     (step, accuracy), = scalars(out, "eval/prompt_accuracy")
-    assert step == 4 and 0 <= accuracy <= 1 and abs(accuracy * 10 - round(accuracy * 10)) < 1e-5  # k of 10
+    assert step == 4 and accuracy == pytest.approx(2 / 15)
     assert math.isfinite(scalars(out, "eval/fid")[0][1])

@@ -200,24 +200,49 @@ def test_lr_schedule_counts_optimizer_updates_under_accumulation(tmp_path, train
     assert state["last_epoch"] == 4 and state["_last_lr"] == [0.0]  # 4 updates = 12 batches; decayed to 0 at the end
 
 
-def test_same_seed_same_weights_and_other_paths(tmp_path, train_unconditional):
-    """--seed reproduces a run exactly; bf16 autocast and gradient checkpointing run; a model config file
-    and a pipeline folder to continue from are accepted."""
-    short = [*TINY, "--max_train_steps", 3, "--validation_steps", 100, "--checkpointing_steps", 100]
-    assert train_unconditional(*short, "--output_dir", tmp_path / "a") == 0
-    assert train_unconditional(*short, "--output_dir", tmp_path / "b") == 0
-    a, b = weights(tmp_path / "a" / "unet"), weights(tmp_path / "b" / "unet")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert train_unconditional(*short, "--output_dir", tmp_path / "c", "--seed", 1) == 0
+SHORT = [*TINY, "--max_train_steps", 3, "--validation_steps", 100, "--checkpointing_steps", 100]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """Three updates of the tiny config, seed 0: the reference the tests below compare with."""
+    from conftest import run_script
+    import train_unconditional as script
+
+    out = tmp_path_factory.mktemp("short") / "a"
+    assert run_script(script, [*SHORT, "--output_dir", out]) == 0
+    return out
+
+
+def test_same_seed_same_weights_another_seed_others(short_run, tmp_path, train_unconditional):
+    a = weights(short_run / "unet")
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "b") == 0
+    assert all(torch.equal(a[k], v) for k, v in weights(tmp_path / "b" / "unet").items())
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "c", "--seed", 1) == 0
     assert any(not torch.equal(a[k], v) for k, v in weights(tmp_path / "c" / "unet").items())
 
-    assert train_unconditional(*short, "--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16",
-                               "--gradient_checkpointing") == 0
-    assert train_unconditional(*short, "--output_dir", tmp_path / "fromfile", "--model_config_name_or_path",
-                               tmp_path / "a" / "unet" / "config.json") == 0
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_changes_the_arithmetic(short_run, tmp_path,
+                                                                               train_unconditional):
+    """Checkpointing recomputes the same activations: the same weights, bit for bit. bf16 autocast really runs (the
+    weights differ from fp32's, slightly) and the shipped weights stay fp32."""
+    a = weights(short_run / "unet")
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "ckpt", "--gradient_checkpointing") == 0
+    assert all(torch.equal(a[k], v) for k, v in weights(tmp_path / "ckpt" / "unet").items())
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16") == 0
+    bf16 = weights(tmp_path / "bf16" / "unet")
+    assert {v.dtype for v in bf16.values()} == {torch.float32}
+    assert any(not torch.equal(a[k], v) for k, v in bf16.items())
+    assert all(torch.allclose(a[k], v, atol=5e-2) for k, v in bf16.items())
+
+
+def test_a_model_config_file_and_a_pipeline_to_continue_from(short_run, tmp_path, train_unconditional):
+    a = weights(short_run / "unet")
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "fromfile", "--model_config_name_or_path",
+                               short_run / "unet" / "config.json") == 0
     assert weights(tmp_path / "fromfile" / "unet").keys() == a.keys()
-    assert train_unconditional(*short, "--output_dir", tmp_path / "continued", "--pretrained_model_name_or_path",
-                               tmp_path / "a", "--learning_rate", 1e-9, "--lr_scheduler", "constant") == 0
+    assert train_unconditional(*SHORT, "--output_dir", tmp_path / "continued", "--pretrained_model_name_or_path",
+                               short_run, "--learning_rate", 1e-9, "--lr_scheduler", "constant") == 0
     continued = weights(tmp_path / "continued" / "unet")
     assert all(torch.allclose(a[k], continued[k], atol=1e-5) for k in a)  # started from a's weights
 

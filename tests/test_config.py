@@ -2,7 +2,6 @@ import dataclasses
 import re
 
 import pytest
-import yaml
 
 from difftrain import config
 from difftrain.config import TrainConfig

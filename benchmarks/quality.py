@@ -29,7 +29,7 @@ import torch
 from difftrain import metrics
 from difftrain.classifier import load_classifier, predict_proba, train_and_save
 from difftrain.config import SampleConfig
-from difftrain.evaluation import class_prompts
+from difftrain.scoring import class_prompts
 from difftrain.pipelines import image_grid
 from difftrain.loading import load_model, resolve_guidance
 from difftrain.sampling import build_scheduler, sample_images

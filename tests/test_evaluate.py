@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate as script
 import sample as sample_script
 from conftest import run_script, snapshot
-from difftrain import evaluation, metrics, plots
+from difftrain import metrics, plots, scoring
 
 SIZE = 8
 N = 6  # generated images per run, and reference images
@@ -129,10 +129,10 @@ def test_plot_draws_one_colour_per_scheduler():
 
 
 def test_class_prompts_name_class_k_mod_10():
-    prompts = evaluation.class_prompts(["a handwritten digit {digit}", "the number {word}"])
+    prompts = scoring.class_prompts(["a handwritten digit {digit}", "the number {word}"])
     assert len(prompts) == 20 and prompts[3] == "a handwritten digit 3" and prompts[13] == "the number three"
     with pytest.raises(Exception, match="--prompt_template"):
-        evaluation.class_prompts(["a {colour} digit"])
+        scoring.class_prompts(["a {colour} digit"])
 
 
 def test_train_classifier_subcommand(tmp_path, capsys):

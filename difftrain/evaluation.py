@@ -4,6 +4,7 @@ do not) or of images made elsewhere, against a dataset split; prompt accuracy fo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def evaluate(cfg) -> Path:
     if cfg.samples_dir:
         return evaluate_samples(cfg, device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
-    cfg.guidance_scale = resolve_guidance(model, cfg.guidance_scale)  # resolved, so metrics.json records it
+    # resolved into a copy, so metrics.json records it and the caller's config stays as asked
+    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:
         raise UserError(f"--classifier scores text-conditional models; {cfg.model} is unconditional "
                         f"({type(model.unet).__name__}); drop --classifier.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import shlex
 import time
@@ -195,10 +196,11 @@ def sample(cfg) -> Path | None:
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
     check_conditioning(model, prompts, cfg)
-    cfg.guidance_scale = resolve_guidance(model, cfg.guidance_scale)  # resolved, so metadata and commands record it
+    # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
+    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.scheduler == "all":
         return compare_schedulers(cfg, model, prompts, device)
-    cfg.scheduler = cfg.scheduler or default_scheduler(model.scheduler_config)
+    cfg = dataclasses.replace(cfg, scheduler=cfg.scheduler or default_scheduler(model.scheduler_config))
     scheduler, step_kwargs = build_scheduler(cfg.scheduler, model, cfg)
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
                              model.samples_dir / f"{cfg.scheduler}-{cfg.num_inference_steps}")

@@ -1,6 +1,7 @@
 """sample.py end to end on tiny random models saved as run folders, plus the overfit model for image quality."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import shlex
@@ -339,3 +340,15 @@ def test_help_lists_every_option(capsys):
     out = capsys.readouterr().out
     for name in config.fields_of(config.SampleConfig):
         assert f"--{name}" in out, name
+
+
+def test_sample_keeps_the_config_as_asked_and_records_what_it_resolved(run, tmp_path):
+    from difftrain.sampling import sample as sample_command
+
+    cfg = config.parse(config.SampleConfig, ["--model", str(run), "--num_inference_steps", "2", "--num_images", "1",
+                                             "--output_dir", str(tmp_path / "out")])
+    asked = dataclasses.asdict(cfg)
+    sample_command(cfg)
+    assert dataclasses.asdict(cfg) == asked and cfg.scheduler is None and cfg.guidance_scale is None
+    record = json.loads((tmp_path / "out" / "metadata.jsonl").read_text().splitlines()[0])
+    assert record["scheduler"] == "euler_a"

@@ -83,27 +83,42 @@ def rotate(output_dir, total_limit: int | None) -> list[Path]:
     return removed
 
 
-def register_diffusers_format(accelerator, ema=None) -> None:
+def register_diffusers_format(accelerator, weights) -> None:
     """Checkpoints hold the model as `unet/` (and `unet_ema/`) in diffusers format instead of accelerate's
-    anonymous weights file, so any checkpoint also loads with plain `from_pretrained`."""
+    anonymous weights file, so any checkpoint also loads with plain `from_pretrained`. A LoRA run's hold its adapters
+    only, as `pytorch_lora_weights.safetensors` (and `ema/pytorch_lora_weights.safetensors`), small; their EMA
+    state resumes from accelerate's own file (registered in trainer.set_up)."""
+    from . import lora
 
-    def save_hook(models, weights, folder):
+    ema = weights.ema
+
+    def save_hook(models, state_dicts, folder):
         if accelerator.is_main_process:
-            if ema is not None:
-                ema.save_pretrained(str(Path(folder) / "unet_ema"))
             for model in models:
-                accelerator.unwrap_model(model).save_pretrained(str(Path(folder) / "unet"))
-                weights.pop()
+                model = accelerator.unwrap_model(model)
+                if lora.has_adapters(model):
+                    lora.save(model, Path(folder))
+                    if ema is not None:
+                        with weights.swapped_in() as shipped:
+                            lora.save(shipped, Path(folder) / "ema")
+                else:
+                    if ema is not None:
+                        ema.save_pretrained(str(Path(folder) / "unet_ema"))
+                    model.save_pretrained(str(Path(folder) / "unet"))
+                state_dicts.pop()
 
     def load_hook(models, folder):
         from diffusers.training_utils import EMAModel
 
-        if ema is not None:
-            loaded = EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), ema.model_cls)
-            ema.load_state_dict(loaded.state_dict())
-            ema.to(accelerator.device)
         while models:
             model = accelerator.unwrap_model(models.pop())
+            if lora.has_adapters(model):
+                lora.load_into(model, Path(folder))
+                continue
+            if ema is not None:
+                loaded = EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), ema.model_cls)
+                ema.load_state_dict(loaded.state_dict())
+                ema.to(accelerator.device)
             loaded = type(model).from_pretrained(str(folder), subfolder="unet")
             model.load_state_dict(loaded.state_dict())
 

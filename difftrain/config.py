@@ -6,6 +6,7 @@ Flag names are those of diffusers' example scripts, so a pasted command line kee
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -142,7 +143,7 @@ class TrainConfig:
         if self.objective == "edm":
             # EDM replaces the DDPM schedule and parameterisation; min-SNR, offset noise and input perturbation
             # combine with it (objectives.py)
-            defaults = {name: fields_of(type(self))[name].default for name in
+            defaults = {name: _default(type(self), name) for name in
                         ("ddpm_num_steps", "ddpm_beta_schedule", "rescale_betas_zero_snr")}
             ddpm_only = [f"--{name}" for name, default in defaults.items() if getattr(self, name) != default]
             if self.prediction_type not in (None, "epsilon"):  # diffusers' EDM schedulers call c_out·F "epsilon"
@@ -157,6 +158,11 @@ class TrainConfig:
                             "save_to_disk folder with a test split works) or drop --eval_steps.")
         if self.train_data_dir is None and self.dataset_name is None:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
+
+
+def _default(cls, name: str):
+    f = fields_of(cls)[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def grid_guidance(validation_guidance_scale: float | None, pretrained_model_name_or_path: str | None) -> float:
@@ -226,6 +232,14 @@ class TextToImageConfig(TrainConfig):
         "scratch (where the default MNIST text model reads best), 7.5 (Stable Diffusion's usual) when fine-tuning.")
     eval_classifier: str | None = opt(None, "With --eval_steps: a classifier folder (evaluate.py train-classifier); logs "
                                       "the fraction of samples of validation prompt k read as class k.")
+    # --- LoRA (diffusers' train_text_to_image_lora.py) ---
+    rank: int | None = opt(None, "LoRA: train rank-N adapters (peft) on the pretrained UNet instead of all its weights; "
+                           "output_dir gets pytorch_lora_weights.safetensors (load_lora_weights loads it). Unset: full "
+                           "fine-tune.")
+    lora_alpha: float | None = opt(None, "LoRA scaling numerator: the update is scaled by alpha / rank (unset: the rank).")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
+    lora_target_modules: list[str] = opt(help="LoRA: names of the UNet's layers that get adapters.",
+                                         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
     def validate(self) -> None:
         super().validate()
@@ -238,6 +252,22 @@ class TextToImageConfig(TrainConfig):
                             "one (--pretrained_model_name_or_path).")
         if self.validation_prompts is not None and not self.validation_prompts:
             raise UserError("--validation_prompts is empty; give at least one prompt (or leave it unset).")
+        if self.rank is not None:
+            if self.rank < 1:
+                raise UserError(f"--rank must be at least 1 (got {self.rank}).")
+            if not self.pretrained_model_name_or_path:
+                raise UserError("--rank trains LoRA adapters on a pretrained UNet; pass --pretrained_model_name_or_path "
+                                "(a Stable-Diffusion-format pipeline or a text-to-image run), or drop --rank.")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise UserError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout}).")
+            if not self.lora_target_modules:
+                raise UserError("--lora_target_modules is empty; name the layers to adapt, e.g. to_q to_k to_v to_out.0.")
+        else:
+            changed = [f"--{n}" for n in ("lora_alpha", "lora_dropout", "lora_target_modules")
+                       if getattr(self, n) != _default(type(self), n)]
+            if changed:
+                raise UserError(f"{', '.join(changed)} shape(s) LoRA adapters, which --rank N turns on; pass --rank "
+                                "or drop them.")
 
 
 @dataclass
@@ -267,6 +297,9 @@ class SamplerOptions:
     guidance_scale: float | None = opt(None, "Text models: classifier-free guidance scale; 1 turns guidance off. "
                                        "Unset: the scale the model was trained for (its run's "
                                        "--validation_guidance_scale), else 7.5.")
+    lora: str | None = opt(None, "A LoRA run's output_dir or checkpoint (or any diffusers LoRA folder) to apply to "
+                           "--model, its base. A LoRA run's folder also works alone as --model.")
+    lora_scale: float = opt(1.0, "Strength of the --lora adapters (0: the base alone).")
     device: str = opt("auto", "auto: CUDA, then MPS, then CPU.", choices=["auto", "cuda", "mps", "cpu"])
     dtype: str = opt("fp32", "Weights' dtype; the scheduler's arithmetic stays fp32.", choices=["fp32", "fp16", "bf16"])
 

@@ -96,7 +96,8 @@ def evaluate(cfg) -> Path:
     device = resolve_device(cfg.device)
     if cfg.samples_dir:
         return evaluate_samples(cfg, device)
-    model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
+    model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
+                       lora_scale=cfg.lora_scale)
     # resolved into a copy, so metrics.json records it and the caller's config stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:

@@ -19,25 +19,30 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
     from huggingface_hub import ModelCard, ModelCardData
 
     dataset = cfg.train_data_dir or cfg.dataset_name
+    rank = getattr(cfg, "rank", None)
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
         tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"]
-        + (["text-to-image"] if pipeline_class != "DDPMPipeline" else []),
+        + (["text-to-image"] if pipeline_class != "DDPMPipeline" else []) + (["lora"] if rank else []),
         datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
         base_model=cfg.pretrained_model_name_or_path or None,
     )
     picture = f"\n![samples]({grid})\n" if grid else ""
-    usage = USAGE.get(pipeline_class, USAGE["DDPMPipeline"]).format(
+    usage = (LORA_USAGE if rank else USAGE.get(pipeline_class, USAGE["DDPMPipeline"])).format(
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
-        guidance=grid_guidance(getattr(cfg, "validation_guidance_scale", None), cfg.pretrained_model_name_or_path))
+        guidance=grid_guidance(getattr(cfg, "validation_guidance_scale", None), cfg.pretrained_model_name_or_path),
+        base=cfg.pretrained_model_name_or_path, loader=LOADERS.get(pipeline_class, LOADERS["StableDiffusionPipeline"]),
+        pipeline_class=pipeline_class)
+    what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
+            else f"A `{pipeline_class}`")
     content = f"""---
 {data.to_yaml()}
 ---
 
 # {repo_id}
 
-A `{pipeline_class}` trained with difftrain on **{dataset}**
+{what} trained with difftrain on **{dataset}**
 at {cfg.resolution}px for {global_step} optimizer steps (batch {cfg.train_batch_size} per device,
 gradient accumulation {cfg.gradient_accumulation_steps}, learning rate {cfg.learning_rate},
 prediction type `{prediction_type or cfg.prediction_type}`, EMA {'on' if uses_ema(cfg) else 'off'}).
@@ -64,6 +69,12 @@ USAGE = {
                            'pipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
                            'images = pipeline("{prompt}", guidance_scale={guidance}).images',
 }
+LOADERS = {"StableDiffusionPipeline": "from diffusers import StableDiffusionPipeline",
+           "TextToImagePipeline": "from difftrain.pipelines import TextToImagePipeline"}
+# a LoRA run's folder holds the adapters only: load its base, then the adapters on top
+LORA_USAGE = ('{loader}\n\npipeline = {pipeline_class}.from_pretrained("{base}")\n'
+              'pipeline.load_lora_weights("{repo_id}")\n'
+              'images = pipeline("{prompt}", guidance_scale={guidance}).images')
 
 
 def push_folder(api, folder, *, repo_id: str, token: str | None, private: bool, card: str,

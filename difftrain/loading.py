@@ -16,6 +16,7 @@ import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 
 from .errors import UserError
+from .lora import WEIGHT_NAME as LORA_FILE
 from .utils import first_line
 
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
@@ -134,11 +135,14 @@ def _latent_decoder(folder: Path, device, dtype) -> Callable | None:
     return lambda latents: decode(vae, latents)
 
 
-def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32) -> Model:
+def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32,
+               lora: str | None = None, lora_scale: float = 1.0) -> Model:
     """A pipeline folder (model_index.json + unet/ + scheduler/), a checkpoint-N/ folder (unet/, and unet_ema/ when
-    trained with EMA, and scheduler/; the frozen text encoder and VAE come from the run folder around it), or a
-    Hub id."""
+    trained with EMA, and scheduler/; the frozen text encoder and VAE come from the run folder around it), a LoRA
+    run or checkpoint (its base named in training_config.yaml), or a Hub id; `lora`: a LoRA folder applied on top."""
     folder = local_folder(model)
+    if (folder / LORA_FILE).is_file() and not (folder / "unet").is_dir():
+        return _load_lora_run(folder, use_ema=use_ema, device=device, dtype=dtype, scale=lora_scale)
     if (folder / "model_index.json").is_file():
         if not (folder / "unet").is_dir():
             raise UserError(f"--model {model}: model_index.json but no unet/; sample.py samples UNet pipelines.")
@@ -155,9 +159,56 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
                         "(no unet/); pass a training run's output_dir or one of its checkpoint-N folders.")
     unet = _load_unet(folder / weights, dtype).to(device).eval()
     scheduler_folder = folder if (folder / "scheduler").is_dir() else run  # checkpoints before this version: the run's
-    return Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
-                 weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
-                 decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run))
+    loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
+                   weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
+                   decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run))
+    if lora:
+        lora_folder, lora_weights, _ = _lora_weights_folder(local_folder(lora), use_ema)
+        _apply_lora(loaded.unet, lora_folder, lora_scale)
+        loaded.weights = f"{weights}+{lora_weights}"
+    elif lora_scale != 1.0:
+        raise UserError(f"--lora_scale {lora_scale}: --model {model} has no LoRA; pass --lora DIR or drop it.")
+    return loaded
+
+
+
+
+def _lora_weights_folder(folder: Path, use_ema: bool) -> tuple[Path, str, Path]:
+    """(folder holding the LoRA file to use, its name for the metadata, the run folder) of a LoRA run or checkpoint:
+    a checkpoint's ema/ adapters unless --no_ema."""
+    if not (folder / LORA_FILE).is_file():
+        raise UserError(f"--lora {folder}: no {LORA_FILE} there; pass a LoRA run's output_dir or checkpoint-N.")
+    checkpoint = (folder / "trainer_state.json").is_file()
+    if checkpoint and use_ema and (folder / "ema" / LORA_FILE).is_file():
+        return folder / "ema", "lora_ema", folder.parent
+    return folder, "lora", folder.parent if checkpoint else folder
+
+
+def _apply_lora(unet, folder: Path, scale: float) -> None:
+    from . import lora
+
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UserError(f"--lora {folder}: LoRA applies to text-to-image UNets; this model is unconditional.")
+    lora.apply(unet, folder, scale)
+
+
+def _load_lora_run(folder: Path, *, use_ema: bool, device, dtype, scale: float) -> Model:
+    """A LoRA run folder or checkpoint: its base (training_config.yaml), its training scheduler, its adapters."""
+    lora_folder, lora_weights, run = _lora_weights_folder(folder, use_ema)
+    config = run / "training_config.yaml"
+    base = (yaml.safe_load(config.read_text()) or {}).get("pretrained_model_name_or_path") if config.is_file() else None
+    if not base:
+        raise UserError(f"--model {folder}: LoRA weights without a training_config.yaml naming their base; pass "
+                        f"--model BASE --lora {folder}.")
+    loaded = load_model(str(base), use_ema=use_ema, device=device, dtype=dtype)
+    _apply_lora(loaded.unet, lora_folder, scale)
+    loaded.weights = f"{loaded.weights}+{lora_weights}"
+    loaded.path = folder.resolve()
+    loaded.samples_dir = run / "samples" / (folder.name if run != folder else "")
+    if (run / "scheduler").is_dir():  # the scheduler trained with (a --prediction_type change, for one)
+        loaded.scheduler_config = training_scheduler_config(run)
+    loaded.guidance_scale = _trained_guidance(run)
+    return loaded
 
 
 def _trained_guidance(run: Path) -> float | None:

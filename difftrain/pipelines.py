@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image, ImageDraw
 
 from .data.images import to_uint8
@@ -109,7 +110,7 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
-class TextToImagePipeline(DiffusionPipeline):
+class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """A UNet2DConditionModel conditioned on a frozen text encoder's token states, in pixel space (or in a VAE's
     latent space when it has one): what train_text_to_image.py writes when it trains from scratch.
 
@@ -117,7 +118,8 @@ class TextToImagePipeline(DiffusionPipeline):
         images = pipe("a handwritten digit three", guidance_scale=1.25).images
 
     Image k comes from a generator seeded `seed + k` alone, as in sample.py. Swap samplers the diffusers way:
-    `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (the saved one is the training DDPM)."""
+    `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (the saved one is the training DDPM).
+    A LoRA trained on it loads as on Stable Diffusion: `pipe.load_lora_weights(lora_run_dir)`."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["vae"]

@@ -156,7 +156,8 @@ def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None) 
                 "use_karras_sigmas": cfg.use_karras_sigmas, "clip_sample": cfg.clip_sample,
                 "thresholding": cfg.thresholding, "dtype": None if cfg.dtype == "fp32" else cfg.dtype,
                 "prompt": prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
-                "guidance_scale": cfg.guidance_scale if prompt else None}
+                "guidance_scale": cfg.guidance_scale if prompt else None, "lora": cfg.lora,
+                "lora_scale": cfg.lora_scale if cfg.lora and cfg.lora_scale != 1.0 else None}
     for key, value in optional.items():
         if value is not None:
             args += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
@@ -194,7 +195,8 @@ def sample(cfg) -> Path | None:
         return None
     prompts = read_prompts(cfg)
     device = resolve_device(cfg.device)
-    model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype])
+    model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
+                       lora_scale=cfg.lora_scale)
     check_conditioning(model, prompts, cfg)
     # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))

@@ -19,6 +19,7 @@ from diffusers import UNet2DConditionModel
 from .data import augment, decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
 from .config import grid_guidance
+from . import lora
 from .errors import UserError
 from .latents import (
     cache_latents,
@@ -162,6 +163,14 @@ def build_recipe(cfg, accelerator) -> Recipe:
                                         flipped=cfg.random_flip)
     channels = vae.config.latent_channels if vae is not None else images[0]["pixels"].shape[0]
     unet = make_unet(cfg, encoder, size, channels)
+    if cfg.rank is not None:  # the base frozen, adapters trained
+        lora.add_adapter(unet, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.lora_target_modules)
+        if weight_dtype != torch.float32:  # as diffusers' script: the frozen base in the autocast dtype (half the
+            from diffusers.training_utils import cast_training_params  # memory), the adapters trained in fp32
+
+            unet.to(dtype=weight_dtype)
+            cast_training_params(unet, dtype=torch.float32)
     scheduler = noise_scheduler_for(cfg)
     if vae is not None and scheduler.config.get("clip_sample"):  # latents are not in [-1, 1]: samplers must not clip
         scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
@@ -207,11 +216,15 @@ def build_recipe(cfg, accelerator) -> Recipe:
             load_vae(sources.vae, revision=None if cfg.vae_name_or_path else cfg.revision).save_pretrained(folder / "vae")
 
     def save_pipeline(model, folder: Path) -> None:
-        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included)."""
+        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included); a LoRA run's
+        adapters only (the run folder's scheduler/ and training_config.yaml name the rest)."""
         from diffusers import StableDiffusionPipeline
 
         from .pipelines import TextToImagePipeline
 
+        if cfg.rank is not None:
+            lora.save(model, folder)
+            return
         if sources.pipeline_class == "StableDiffusionPipeline":
             pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=model,
                                            scheduler=scheduler,
@@ -225,7 +238,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
     return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, latents), loss=loss,
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
-                  save_frozen=save_frozen, generate=generate_images, eval_prompts=prompts, scheduler=scheduler,
+                  save_frozen=None if cfg.rank is not None else save_frozen, generate=generate_images, eval_prompts=prompts, scheduler=scheduler,
                   eval_classifier=cfg.eval_classifier,
                   resolved={"prediction_type": scheduler.config.prediction_type, "image_mode": image_mode,
                             "validation_prompts": prompts, "validation_guidance_scale": guidance})

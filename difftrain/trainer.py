@@ -178,8 +178,8 @@ def set_up(cfg, build_recipe) -> Run:
         # run (which starts its iterator after restoring that RNG) would drift from an uninterrupted one
         generator=torch.Generator().manual_seed(seed),
     )
-    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, recipe.model.parameters()),
-                                                       dataloader)
+    trained = [p for p in recipe.model.parameters() if p.requires_grad]  # all, or a LoRA run's adapters
+    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, trained), dataloader)
     set_seed(seed, device_specific=True)  # different noise on each rank from here on
     # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
     # which would step it num_processes times per update (diffusers #1957/#3954).
@@ -190,7 +190,9 @@ def set_up(cfg, build_recipe) -> Run:
     accelerator.register_for_checkpointing(lr_scheduler)
     weights = ShippingWeights(accelerator.unwrap_model(model), use_ema=config.uses_ema(cfg), max_decay=cfg.ema_max_decay,
                               inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, device=accelerator.device)
-    checkpoints.register_diffusers_format(accelerator, weights.ema)
+    checkpoints.register_diffusers_format(accelerator, weights)
+    if weights.ema is not None and not weights.whole_model:
+        accelerator.register_for_checkpointing(weights.ema)  # adapters' EMA: no diffusers format to save it in
     run = Run(cfg, accelerator, recipe, out, seed, model, optimizer, lr_scheduler, dataloader, weights,
               updates_per_epoch, max_steps)
     if resume is not None:

@@ -68,3 +68,14 @@ def test_text_to_image_cards_show_a_prompt():
                                    ("StableDiffusionPipeline", "from diffusers import StableDiffusionPipeline")):
         card = model_card(cfg, repo_id="me/t2i", global_step=3, pipeline_class=pipeline_class, grid=None)
         assert loader in card and 'pipeline("a red circle", guidance_scale=1.25)' in card and "text-to-image" in card
+
+
+def test_lora_cards_name_the_base_and_load_the_adapters_on_it():
+    from difftrain import config
+    from difftrain.hub import model_card
+
+    cfg = config.parse(config.TextToImageConfig, ["--pretrained_model_name_or_path", "me/base-sd", "--rank", "8",
+                                                  "--validation_prompts", "a red circle"])
+    card = model_card(cfg, repo_id="me/sd-lora", global_step=3, pipeline_class="StableDiffusionPipeline", grid=None)
+    assert "base_model: me/base-sd" in card and "Rank-8 LoRA" in card and "- lora" in card
+    assert 'StableDiffusionPipeline.from_pretrained("me/base-sd")\npipeline.load_lora_weights("me/sd-lora")' in card

@@ -197,3 +197,16 @@ def test_latent_resolution_must_fit_vae_and_unet(tiny_sd_pipeline, shapes_16px, 
                                "--output_dir", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a multiple of 4" in err and "use --resolution 16" in err
+
+
+def test_lora_on_our_own_pipeline_loads_with_load_lora_weights(mnist_text_run, tmp_path, train_text_to_image):
+    out = tmp_path / "lora"
+    assert train_text_to_image(*TINY, *PROMPTS, "--pretrained_model_name_or_path", mnist_text_run, "--rank", 2,
+                               "--max_train_steps", 2, "--learning_rate", 0.05, "--lr_warmup_steps", 0,
+                               "--validation_steps", 2, "--checkpointing_steps", 100, "--output_dir", out) == 0
+    assert not (out / "text_encoder").exists()  # the frozen parts are the base's: not copied into a LoRA run
+    pipe = TextToImagePipeline.from_pretrained(mnist_text_run)
+    before = pipe("a handwritten digit three", guidance_scale=1.0, num_inference_steps=4, output_type="np").images
+    pipe.load_lora_weights(out)
+    after = pipe("a handwritten digit three", guidance_scale=1.0, num_inference_steps=4, output_type="np").images
+    assert np.abs(after - before).max() > 1e-3

@@ -52,7 +52,8 @@ class TrainConfig:
     # --- model and noise schedule ---
     model_config_name_or_path: str | None = opt(None, "A UNet config file or folder to build the UNet from.")
     pretrained_model_name_or_path: str | None = opt(None, "A pipeline folder (or Hub id) to continue training.")
-    unet: dict = opt(help="UNet2DModel arguments (architecture), as a YAML/JSON mapping.", factory=_mnist_unet)
+    unet: dict = opt(help="UNet2DModel arguments (architecture), as a YAML/JSON mapping.", factory=_mnist_unet,
+                     shown="see configs/mnist.yaml")
     ddpm_num_steps: int = opt(1000, "Number of diffusion training timesteps.")
     ddpm_beta_schedule: str = opt(
         "squaredcos_cap_v2", "Noise schedule (squaredcos_cap_v2: the cosine schedule).",
@@ -212,8 +213,9 @@ class TextToImageConfig(TrainConfig):
     revision: str | None = opt(None, "Hub revision of --pretrained_model_name_or_path.")
     variant: str | None = opt(None, "Weights files variant of the pretrained UNet (e.g. fp16: "
                               "diffusion_pytorch_model.fp16.safetensors); it is trained in fp32.")
-    unet: dict = opt(help="UNet2DConditionModel arguments (architecture), as a YAML/JSON mapping.",
-                     factory=_mnist_text_unet)
+    unet: dict = opt(help="UNet2DConditionModel arguments (architecture), as a YAML/JSON mapping; "
+                     "cross_attention_dim comes from the text encoder.", factory=_mnist_text_unet,
+                     shown="see configs/mnist_text.yaml")
     caption_column: str = opt("text", "Column with the captions: a string, or a list of strings (one picked at "
                               "random per sample).")
     caption_dropout: float = opt(0.1, "Probability of training on the empty prompt instead (enables classifier-free "

@@ -18,9 +18,10 @@ from .errors import UserError
 from .utils import first_line
 
 
-def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factory=None):
-    """A config field: its default, the help line, allowed values, extra flag names, and whether it is a secret."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "secret": secret}
+def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factory=None, shown=None):
+    """A config field: its default, the help line, allowed values, extra flag names, whether it is a secret, and how
+    its default is shown in --help and the README (`shown`, for defaults too long to print)."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "secret": secret, "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -98,8 +99,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     hints = typing.get_type_hints(cls)
     for name, f in fields_of(cls).items():
         tp = hints[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {'<hidden>' if f.metadata['secret'] else default})"
+        help_text = f"{f.metadata['help']} (default: {shown_default(f)})"
         kwargs = {"dest": name, "help": help_text, "metavar": name.upper()}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
@@ -111,6 +111,29 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
             kwargs.update(nargs="+", action="extend")
         parser.add_argument(f"--{name}", *f.metadata["aliases"], **kwargs)
     return parser
+
+
+def shown_default(f: dataclasses.Field) -> str:
+    if f.metadata["secret"]:
+        return "<hidden>"
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return " ".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def flag_table(cls, beyond=None) -> str:
+    """The README's markdown table of cls's flags (with `beyond`: only those it adds or changes)."""
+    rows = ["| flag | default | what |", "|---|---|---|"]
+    base = fields_of(beyond) if beyond else {}
+    for name, f in fields_of(cls).items():
+        if name in base and shown_default(base[name]) == shown_default(f) and base[name].metadata == f.metadata:
+            continue
+        names = f"`--{name}`" + (f" (also {', '.join(f'`{a}`' for a in f.metadata['aliases'])})"
+                                 if f.metadata["aliases"] else "")
+        default = "—" if f.metadata["secret"] else shown_default(f)
+        rows.append(f"| {names} | {default} | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
 
 
 def load_yaml(path: str) -> dict:

@@ -1,0 +1,31 @@
+"""Write the README's flag tables from difftrain/config.py (tests/test_readme.py checks they match):
+    python tools/flag_tables.py"""
+
+import re
+import sys
+from pathlib import Path
+
+from difftrain import config
+from difftrain.options import flag_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TABLES = {  # marker → (schema, the schema whose flags it leaves out)
+    "train_unconditional": (config.TrainConfig, None),
+    "train_text_to_image": (config.TextToImageConfig, config.TrainConfig),
+    "sample": (config.SampleConfig, None),
+    "evaluate": (config.EvaluateConfig, None),
+}
+
+
+def render(text: str) -> str:
+    for marker, (cls, beyond) in TABLES.items():
+        pattern = re.compile(rf"(<!-- flags:{marker} -->\n).*?(<!-- /flags -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- flags:{marker} --> ... <!-- /flags --> block")
+        text = pattern.sub(lambda m: m.group(1) + flag_table(cls, beyond) + m.group(2), text)
+    return text
+
+
+if __name__ == "__main__":
+    README.write_text(render(README.read_text()))
+    sys.exit(0)

@@ -118,7 +118,7 @@ def register_diffusers_format(accelerator, weights) -> None:
             if ema is not None:
                 loaded = EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), ema.model_cls)
                 ema.load_state_dict(loaded.state_dict())
-                ema.to(accelerator.device)
+                weights.place()
             loaded = type(model).from_pretrained(str(folder), subfolder="unet")
             model.load_state_dict(loaded.state_dict())
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
+from .data.images import INTERPOLATION_MODES
 from .objectives import PREDICTION_TYPES
 # the engine's verbs, used as config.parse(TrainConfig, argv) etc.
 from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict  # noqa: F401
@@ -48,6 +50,8 @@ class TrainConfig:
     center_crop: bool = opt(False, "Crop the centre; otherwise a random crop (same for square images).")
     random_flip: bool = opt(False, "Flip images horizontally at random (done on the batch).")
     image_mode: str = opt("auto", "auto keeps grayscale 1-channel; L or RGB force one.", choices=["auto", "L", "RGB"])
+    image_interpolation_mode: str = opt("bilinear", "Filter that resizes images to --resolution (diffusers' names; PIL "
+                                        "does the resizing).", choices=list(INTERPOLATION_MODES))
     dataloader_num_workers: int = opt(0, "DataLoader worker processes.")
     # --- model and noise schedule ---
     model_config_name_or_path: str | None = opt(None, "A UNet config file or folder to build the UNet from.")
@@ -76,10 +80,12 @@ class TrainConfig:
     )
     # --- optimisation ---
     train_batch_size: int = opt(64, "Batch size per device.")
-    num_epochs: int = opt(2, "Epochs to train, unless --max_train_steps is set.")
+    num_epochs: int = opt(2, "Epochs to train, unless --max_train_steps is set.", aliases=["--num_train_epochs"])
     max_train_steps: int | None = opt(None, "Optimizer updates to train; overrides --num_epochs.")
     gradient_accumulation_steps: int = opt(1, "Batches per optimizer update.")
     learning_rate: float = opt(1e-3, "Peak learning rate.")
+    scale_lr: bool = opt(False, "Multiply --learning_rate by train_batch_size × gradient_accumulation_steps × number of "
+                         "processes (diffusers' --scale_lr); training_config.yaml keeps the unscaled value.")
     lr_scheduler: str = opt(
         "cosine",
         "diffusers.optimization.get_scheduler name.",
@@ -96,19 +102,29 @@ class TrainConfig:
         None, "no, fp16 or bf16; unset: what `accelerate launch` says.", choices=["no", "fp16", "bf16"]
     )
     gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet.")
+    allow_tf32: bool = opt(False, "CUDA: TF32 matmuls and convolutions on Ampere or newer GPUs (faster; no effect on "
+                           "other devices, which is said when it is given there).")
     enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (needs xformers).")
     use_ema: bool | None = opt(None, "Keep an exponential moving average of the weights (diffusers EMAModel) and ship "
                                "it; unset: on from scratch, off when fine-tuning (--pretrained_model_name_or_path).")
     ema_inv_gamma: float = opt(1.0, "EMA warm-up inverse multiplicative factor.")
     ema_power: float = opt(0.75, "EMA warm-up power.")
     ema_max_decay: float = opt(0.9999, "EMA maximum decay.")
+    offload_ema: bool = opt(False, "Keep the EMA weights in CPU memory (pinned on CUDA), moved to the device for each "
+                            "update: saves their size in GPU memory.")
+    foreach_ema: bool = opt(False, "Update the EMA with torch's multi-tensor (foreach) ops: faster, a little more "
+                            "memory.")
+    dream_training: bool = opt(False, "DREAM (Zhou et al. 2024): one extra forward pass without gradient corrects "
+                               "the training input by the model's own error; epsilon prediction only.")
+    dream_detail_preservation: float = opt(1.0, "DREAM's exponent p of λ = √(1−ᾱ)^p.")
     # --- checkpoints, validation, logging ---
     checkpointing_steps: int = opt(500, "Save a resumable checkpoint-N/ every N optimizer updates.")
     checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
     resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, or a checkpoint folder path.")
     save_model_epochs: int = opt(1, "Write the pipeline to output_dir every N epochs (and at the end).")
     validation_steps: int | None = opt(250, "Write samples/step-N.png every N optimizer updates.")
-    save_images_epochs: int | None = opt(None, "Also write a sample grid every N epochs.")
+    save_images_epochs: int | None = opt(None, "Also write a sample grid every N epochs.",
+                                         aliases=["--validation_epochs"])
     validation_inference_steps: int = opt(
         50, "Sampling steps of the sample grids (euler_a; euler for EDM).", aliases=["--ddpm_num_inference_steps"]
     )
@@ -141,12 +157,22 @@ class TrainConfig:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {value}).")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive (got {self.learning_rate}).")
+        if self.dream_detail_preservation <= 0:
+            raise UserError(f"--dream_detail_preservation must be positive (got {self.dream_detail_preservation}).")
+        if self.dream_detail_preservation != 1.0 and not self.dream_training:
+            raise UserError("--dream_detail_preservation shapes DREAM, which --dream_training turns on; pass it or "
+                            "drop --dream_detail_preservation.")
+        if (self.offload_ema or self.foreach_ema) and self.use_ema is False:
+            raise UserError(f"--{'offload_ema' if self.offload_ema else 'foreach_ema'} changes how the EMA is kept, "
+                            "but --use_ema is false; drop one of them.")
         if self.objective == "edm":
             # EDM replaces the DDPM schedule and parameterisation; min-SNR, offset noise and input perturbation
             # combine with it (objectives.py)
             defaults = {name: _default(type(self), name) for name in
                         ("ddpm_num_steps", "ddpm_beta_schedule", "rescale_betas_zero_snr")}
             ddpm_only = [f"--{name}" for name, default in defaults.items() if getattr(self, name) != default]
+            if self.dream_training:
+                ddpm_only.append("--dream_training")
             if self.prediction_type not in (None, "epsilon"):  # diffusers' EDM schedulers call c_out·F "epsilon"
                 ddpm_only.insert(0, "--prediction_type")
             if ddpm_only:
@@ -207,7 +233,6 @@ class TextToImageConfig(TrainConfig):
     Flag names are those of diffusers' examples/text_to_image/train_text_to_image.py."""
 
     output_dir: str = opt("t2i-mnist", "Folder for the pipeline, checkpoints, samples and logs.")
-    num_epochs: int = opt(2, "Epochs to train, unless --max_train_steps is set.")
     pretrained_model_name_or_path: str | None = opt(
         None, "A Stable-Diffusion-format pipeline (folder or Hub id) to fine-tune, or a text-to-image run to continue.")
     revision: str | None = opt(None, "Hub revision of --pretrained_model_name_or_path.")
@@ -226,9 +251,16 @@ class TextToImageConfig(TrainConfig):
     vae_name_or_path: str | None = opt(
         None, "An AutoencoderKL (folder, Hub id, or pipeline folder with vae/): train in its latent space.")
     cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
+    image_interpolation_mode: str = opt("lanczos", "Filter that resizes images to --resolution (diffusers' names and "
+                                        "its text-to-image default; PIL does the resizing).",
+                                        choices=list(INTERPOLATION_MODES))
+    non_ema_revision: str | None = opt(None, "Hub revision holding the non-EMA UNet to train (diffusers' flag); the EMA "
+                                       "starts from --revision's UNet. Hub ids only.")
     validation_prompts: list[str] | None = opt(
-        None, "Prompts of the sample grids. Unset: built-in mnist, the ten digits ('a handwritten digit zero' ...); "
+        None, aliases=["--validation_prompt"], help="Prompts of the sample grids. Unset: built-in mnist, the ten digits ('a handwritten digit zero' ...); "
         "built-in fashion_mnist, its ten classes; any other dataset, its first 4 distinct captions.")
+    num_validation_images: int | None = opt(None, "Images per validation prompt in the sample grids (unset: "
+                                            "--eval_batch_size spread over the prompts).")
     validation_guidance_scale: float | None = opt(
         None, "Classifier-free guidance of the sample grids, and sample.py's default for the model. Unset: 1.25 from "
         "scratch (where the default MNIST text model reads best), 7.5 (Stable Diffusion's usual) when fine-tuning.")
@@ -254,6 +286,14 @@ class TextToImageConfig(TrainConfig):
                             "one (--pretrained_model_name_or_path).")
         if self.validation_prompts is not None and not self.validation_prompts:
             raise UserError("--validation_prompts is empty; give at least one prompt (or leave it unset).")
+        if self.num_validation_images is not None and self.num_validation_images < 1:
+            raise UserError(f"--num_validation_images must be at least 1 (got {self.num_validation_images}).")
+        if self.non_ema_revision and not self.pretrained_model_name_or_path:
+            raise UserError("--non_ema_revision is a revision of --pretrained_model_name_or_path; pass one or drop it.")
+        if self.non_ema_revision and Path(self.pretrained_model_name_or_path).exists():
+            raise UserError(f"--non_ema_revision {self.non_ema_revision}: {self.pretrained_model_name_or_path} is a "
+                            "local folder, which has no revisions; point --pretrained_model_name_or_path at the "
+                            "non-EMA weights' folder instead.")
         if self.rank is not None:
             if self.rank < 1:
                 raise UserError(f"--rank must be at least 1 (got {self.rank}).")
@@ -262,6 +302,9 @@ class TextToImageConfig(TrainConfig):
                                 "(a Stable-Diffusion-format pipeline or a text-to-image run), or drop --rank.")
             if not 0.0 <= self.lora_dropout < 1.0:
                 raise UserError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout}).")
+            if self.non_ema_revision:
+                raise UserError("--non_ema_revision starts the EMA of a full fine-tune from another revision; a LoRA "
+                                "run (--rank) trains new adapters: drop one of them.")
             if not self.lora_target_modules:
                 raise UserError("--lora_target_modules is empty; name the layers to adapt, e.g. to_q to_k to_v to_out.0.")
         else:

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -189,6 +191,7 @@ class Objective:
     snr_gamma: float | None = None
     noise_offset: float = 0.0
     input_perturbation: float = 0.0
+    dream_detail_preservation: float | None = None  # set: DREAM (ε only), with this exponent p
 
     def weight(self, level):
         if self.snr_gamma is None:
@@ -203,19 +206,36 @@ class Objective:
         level = self.noise_level(x0.shape[0], x0.device)
         seen_noise = noise + self.input_perturbation * torch.randn_like(noise) if self.input_perturbation else noise
         x = p.noisy(x0, seen_noise, level)
-        per_sample = F.mse_loss(p.output(predict, x, level).float(), p.target(x0, noise, x, level).float(),
+        wanted = p.target(x0, noise, x, level)
+        if self.dream_detail_preservation is not None:
+            x, wanted = dream(predict, p, x, wanted, noise, level, self.dream_detail_preservation)
+        per_sample = F.mse_loss(p.output(predict, x, level).float(), wanted.float(),
                                 reduction="none").mean(dim=tuple(range(1, x0.ndim)))
         return (self.weight(level).to(per_sample.device) * per_sample).mean()
+
+
+def dream(predict: Callable, p: DiscreteVP, x_t, wanted, noise, t, detail_preservation: float):
+    """DREAM (Zhou et al. 2024), by diffusers' compute_dream_and_update_latents: one extra forward without gradient
+    estimates the network's own error δ = λ·(ε − ε̂), λ = √(1−ᾱ)^p; train on x_t + √(1−ᾱ)·δ towards ε + δ, as at
+    sampling time the network sees its own mistakes. ε-prediction only (as in diffusers)."""
+    from types import SimpleNamespace
+
+    from diffusers.training_utils import compute_dream_and_update_latents
+
+    as_unet = lambda x, level, _context: SimpleNamespace(sample=predict(x, level))  # noqa: E731 (its call shape)
+    schedule = SimpleNamespace(alphas_cumprod=p.alphas_cumprod, config=SimpleNamespace(prediction_type=p.prediction_type))
+    return compute_dream_and_update_latents(as_unet, schedule, t, noise, x_t, wanted, None, detail_preservation)
 
 
 class DiffusionObjective(Objective):
     """Discrete-time DDPM training: uniform t on the training scheduler's schedule, ε, v or x0 targets."""
 
     def __init__(self, noise_scheduler, prediction_type: str, snr_gamma: float | None = None,
-                 noise_offset: float = 0.0, input_perturbation: float = 0.0):
+                 noise_offset: float = 0.0, input_perturbation: float = 0.0,
+                 dream_detail_preservation: float | None = None):
         super().__init__(uniform_timesteps(noise_scheduler.config.num_train_timesteps),
                          DiscreteVP(noise_scheduler.alphas_cumprod, prediction_type), snr_gamma, noise_offset,
-                         input_perturbation)
+                         input_perturbation, dream_detail_preservation)
 
 
 class EDMObjective(Objective):
@@ -229,9 +249,13 @@ class EDMObjective(Objective):
 
 def objective_for(cfg, noise_scheduler):
     """The objective the config asks for (--objective, --prediction_type, --snr_gamma, --noise_offset,
-    --input_perturbation), on the training scheduler's noise schedule."""
+    --input_perturbation, --dream_training), on the training scheduler's noise schedule."""
     if cfg.objective == "edm":
         return EDMObjective(cfg.sigma_data, cfg.edm_p_mean, cfg.edm_p_std, snr_gamma=cfg.snr_gamma,
                             noise_offset=cfg.noise_offset, input_perturbation=cfg.input_perturbation)
-    return DiffusionObjective(noise_scheduler, noise_scheduler.config.prediction_type, cfg.snr_gamma,
-                              cfg.noise_offset, cfg.input_perturbation)
+    prediction_type = noise_scheduler.config.prediction_type
+    if cfg.dream_training and prediction_type != "epsilon":
+        raise UserError(f"--dream_training works with epsilon prediction only (as in diffusers); this run predicts "
+                        f"{prediction_type}: pass --prediction_type epsilon or drop --dream_training.")
+    return DiffusionObjective(noise_scheduler, prediction_type, cfg.snr_gamma, cfg.noise_offset,
+                              cfg.input_perturbation, cfg.dream_detail_preservation if cfg.dream_training else None)

@@ -18,7 +18,7 @@ from diffusers import UNet2DConditionModel
 
 from .data import augment, decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
-from .config import grid_guidance
+from .config import grid_guidance, uses_ema
 from . import lora
 from .errors import UserError
 from .latents import (
@@ -86,7 +86,9 @@ def load_text_encoder(cfg, sources: Sources) -> TextEncoder:
 
 def make_unet(cfg, encoder: TextEncoder, resolution: int, channels: int) -> UNet2DConditionModel:
     if cfg.pretrained_model_name_or_path:
-        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel, cfg.revision, cfg.variant)
+        # diffusers' --non_ema_revision: the weights to train come from that revision (the EMA from --revision's)
+        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel,
+                                    cfg.non_ema_revision or cfg.revision, cfg.variant)
         if unet.config.cross_attention_dim != encoder.width:
             raise UserError(f"the UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder "
                             f"gives {encoder.width}-wide states; pick a matching --text_encoder_name_or_path.")
@@ -193,7 +195,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample, model_input(batch))
 
     guidance = grid_guidance(cfg.validation_guidance_scale, cfg.pretrained_model_name_or_path)
-    per_prompt = -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
+    per_prompt = cfg.num_validation_images or -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
 
     def generate_images(model, seeds, prompts):
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
@@ -240,5 +242,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
                   save_frozen=None if cfg.rank is not None else save_frozen, generate=generate_images, eval_prompts=prompts, scheduler=scheduler,
                   eval_classifier=cfg.eval_classifier,
+                  ema_start=load_pretrained_unet(cfg.pretrained_model_name_or_path, UNet2DConditionModel, cfg.revision,
+                                                 cfg.variant) if cfg.non_ema_revision and uses_ema(cfg) else None,
                   resolved={"prediction_type": scheduler.config.prediction_type, "image_mode": image_mode,
                             "validation_prompts": prompts, "validation_guidance_scale": guidance})

@@ -40,6 +40,7 @@ class Recipe:
     eval_prompts: list[str] | None = None  # text models: image k of an evaluation gets prompt k mod P
     eval_classifier: str | None = None  # with --eval_steps: the classifier folder that reads prompt k as class k
     resolved: dict = field(default_factory=dict)  # options the recipe resolved (unset → value), recorded with the config
+    ema_start: torch.nn.Module | None = None  # the network the EMA starts from, when not `model` (--non_ema_revision)
 
 
 def check_output_dir(cfg, resuming: bool) -> None:
@@ -54,8 +55,8 @@ def check_output_dir(cfg, resuming: bool) -> None:
         )
 
 
-def _make_optimizer(cfg, params):
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+def _make_optimizer(cfg, params, lr: float):
+    kwargs = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cfg.use_8bit_adam:
         try:
@@ -165,7 +166,7 @@ def set_up(cfg, build_recipe) -> Run:
         seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
     set_seed(seed)  # same initial weights on every rank
     recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
-    _speed_options(cfg, recipe.model)
+    _speed_options(cfg, recipe.model, accelerator)
     if accelerator.is_main_process:
         _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg), **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)
@@ -179,7 +180,8 @@ def set_up(cfg, build_recipe) -> Run:
         generator=torch.Generator().manual_seed(seed),
     )
     trained = [p for p in recipe.model.parameters() if p.requires_grad]  # all, or a LoRA run's adapters
-    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, trained), dataloader)
+    lr = learning_rate(cfg, accelerator.num_processes)
+    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, trained, lr), dataloader)
     set_seed(seed, device_specific=True)  # different noise on each rank from here on
     # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
     # which would step it num_processes times per update (diffusers #1957/#3954).
@@ -189,7 +191,8 @@ def set_up(cfg, build_recipe) -> Run:
                                  num_training_steps=max_steps)
     accelerator.register_for_checkpointing(lr_scheduler)
     weights = ShippingWeights(accelerator.unwrap_model(model), use_ema=config.uses_ema(cfg), max_decay=cfg.ema_max_decay,
-                              inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, device=accelerator.device)
+                              inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, device=accelerator.device,
+                              offload=cfg.offload_ema, foreach=cfg.foreach_ema, start=recipe.ema_start)
     checkpoints.register_diffusers_format(accelerator, weights)
     if weights.ema is not None and not weights.whole_model:
         accelerator.register_for_checkpointing(weights.ema)  # adapters' EMA: no diffusers format to save it in
@@ -198,6 +201,7 @@ def set_up(cfg, build_recipe) -> Run:
     if resume is not None:
         accelerator.print(f"Resuming from {resume}")
         accelerator.load_state(str(resume))
+        weights.place()
         run.global_step = checkpoints.read_state(resume)["global_step"]
     total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     accelerator.print(f"{len(recipe.dataset)} examples, {updates_per_epoch} updates/epoch, {max_steps} updates "
@@ -220,7 +224,22 @@ def _accelerator(cfg, out: Path) -> Accelerator:
     return accelerator
 
 
-def _speed_options(cfg, model) -> None:
+def learning_rate(cfg, num_processes: int) -> float:
+    """--learning_rate, times the images per update with --scale_lr (diffusers' rule)."""
+    if cfg.scale_lr:
+        return cfg.learning_rate * cfg.train_batch_size * cfg.gradient_accumulation_steps * num_processes
+    return cfg.learning_rate
+
+
+def _speed_options(cfg, model, accelerator) -> None:
+    if cfg.allow_tf32:
+        if accelerator.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            accelerator.print(f"note: --allow_tf32 changes CUDA matmuls only; it has no effect on {accelerator.device.type}.")
+    if cfg.offload_ema and accelerator.device.type == "cpu":
+        accelerator.print("note: --offload_ema keeps the EMA in CPU memory, where this run's weights already are.")
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.enable_xformers_memory_efficient_attention:

@@ -12,8 +12,11 @@ from diffusers.training_utils import EMAModel
 
 class ShippingWeights:
     def __init__(self, model: torch.nn.Module, *, use_ema: bool, max_decay: float, inv_gamma: float, power: float,
-                 device):
+                 device, offload: bool = False, foreach: bool = False, start: torch.nn.Module | None = None):
+        """offload: the EMA lives in CPU memory and visits the device for each update (diffusers' --offload_ema);
+        start: the network the average starts from (default: `model`; diffusers' --non_ema_revision)."""
         self.model = model  # the unwrapped network being trained
+        self.device, self.offload = torch.device(device), offload
         self.ema = None
         self.whole_model = all(p.requires_grad for p in model.parameters())  # else adapters (LoRA) on a frozen base
         if use_ema:
@@ -21,9 +24,18 @@ class ShippingWeights:
             # not dominated by its random start. The whole model's EMA saves as a UNet (save_pretrained); adapters'
             # EMA is a list of tensors, checkpointed as accelerate state
             saveable = dict(model_cls=type(model), model_config=model.config) if self.whole_model else {}
-            self.ema = EMAModel(self.trained(), decay=max_decay, use_ema_warmup=True, inv_gamma=inv_gamma,
-                                power=power, **saveable)
-            self.ema.to(device)
+            first = [p for p in start.parameters() if p.requires_grad] if start is not None else self.trained()
+            self.ema = EMAModel(first, decay=max_decay, use_ema_warmup=True, inv_gamma=inv_gamma, power=power,
+                                foreach=foreach, **saveable)
+            self.place()
+
+    def place(self) -> None:
+        """The EMA where it lives between updates: the device, or (offloaded) CPU memory, pinned for fast copies."""
+        if self.ema is None:
+            return
+        self.ema.to("cpu" if self.offload else self.device)
+        if self.offload and self.device.type == "cuda":
+            self.ema.pin_memory()
 
     def trained(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -31,7 +43,11 @@ class ShippingWeights:
     def update(self) -> None:
         """After each optimizer update."""
         if self.ema is not None:
+            if self.offload:
+                self.ema.to(self.device, non_blocking=True)
             self.ema.step(self.trained())
+            if self.offload:
+                self.ema.to("cpu", non_blocking=True)
 
     @property
     def decay(self) -> float | None:

@@ -204,3 +204,15 @@ def test_edm_takes_offset_noise_and_input_perturbation(x0_noise):
         assert objectives.EDMObjective(input_perturbation=gamma, noise_offset=offset).loss(oracle, x0).item() < 1e-6
     plain, perturbed, offset = seen["inputs"]
     assert not torch.allclose(plain, perturbed) and not torch.allclose(plain, offset)
+
+
+def test_dream_shifts_input_and_target_by_the_models_own_error(scheduler, x0_noise):
+    x0, noise = x0_noise
+    a = scheduler.alphas_cumprod
+    p = objectives.DiscreteVP(a, "epsilon")
+    x_t = p.noisy(x0, noise, STEPS)
+    guess = 0.3 * noise  # a network that gets 30 % of the noise right
+    x_new, target_new = objectives.dream(lambda x, t: guess, p, x_t, noise, noise, STEPS, detail_preservation=2.0)
+    s = (1 - a[STEPS]).sqrt().reshape(-1, 1, 1, 1)
+    delta = s**2 * (noise - guess)  # λ = √(1−ᾱ)^p, p = 2
+    assert torch.allclose(x_new, x_t + s * delta, atol=1e-6) and torch.allclose(target_new, noise + delta, atol=1e-6)

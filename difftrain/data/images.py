@@ -12,6 +12,11 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import UserError
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+# diffusers' --image_interpolation_mode names (torchvision's InterpolationMode) → PIL filters; torchvision's
+# "nearest" and "nearest_exact" are both PIL's NEAREST, which is the exact one
+INTERPOLATION_MODES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "box": Image.BOX,
+                       "hamming": Image.HAMMING, "lanczos": Image.LANCZOS, "nearest": Image.NEAREST,
+                       "nearest_exact": Image.NEAREST}
 
 
 def open_image(value) -> Image.Image:
@@ -37,15 +42,16 @@ def choose_mode(img: Image.Image, image_mode: str) -> str:
     return "L" if img.mode in GRAY_MODES else "RGB"
 
 
-def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_crop: bool) -> np.ndarray:
-    """HWC uint8: shorter side → `resolution` (bilinear, like diffusers' scripts), centre-cropped if asked.
+def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_crop: bool,
+                        interpolation: str = "bilinear") -> np.ndarray:
+    """HWC uint8: shorter side → `resolution` (with one of INTERPOLATION_MODES), centre-cropped if asked.
     Without center_crop a non-square image keeps its long side; the batch takes a random crop."""
     img = img.convert(mode)
     w, h = img.size
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, INTERPOLATION_MODES[interpolation])
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -55,7 +61,8 @@ def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_cro
     return np.ascontiguousarray(arr)
 
 
-def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str):
+def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str,
+                   interpolation: str = "bilinear"):
     """Decode + resize every image once (🤗 datasets caches the result beside the source) and return
     a dataset whose items are {"pixels": uint8 CHW array}."""
     import datasets
@@ -67,7 +74,8 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
     mode = choose_mode(open_image(ds[0][image_column]), image_mode)
 
     def decode_batch(batch):
-        arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop) for v in batch[image_column]]
+        arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop, interpolation)
+                  for v in batch[image_column]]
         return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
 
     ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=ds.column_names,

@@ -52,6 +52,8 @@ class TrainConfig:
     image_mode: str = opt("auto", "auto keeps grayscale 1-channel; L or RGB force one.", choices=["auto", "L", "RGB"])
     image_interpolation_mode: str = opt("bilinear", "Filter that resizes images to --resolution (diffusers' names; PIL "
                                         "does the resizing).", choices=list(INTERPOLATION_MODES))
+    preserve_input_precision: bool = opt(False, "Keep 16-bit images at 16 bits through decoding, resizing and the cache "
+                                         "(else they are rescaled to 8 bits, as every 8-bit image is).")
     dataloader_num_workers: int = opt(0, "DataLoader worker processes.")
     # --- model and noise schedule ---
     model_config_name_or_path: str | None = opt(None, "A UNet config file or folder to build the UNet from.")
@@ -313,6 +315,17 @@ class TextToImageConfig(TrainConfig):
             if changed:
                 raise UserError(f"{', '.join(changed)} shape(s) LoRA adapters, which --rank N turns on; pass --rank "
                                 "or drop them.")
+
+
+@dataclass
+class LoraTextToImageConfig(TextToImageConfig):
+    """train_text_to_image_lora.py: train_text_to_image.py with LoRA on (diffusers' --rank 4) and diffusers' LoRA
+    defaults, so the commands of examples/text_to_image/train_text_to_image_lora.py paste as they are."""
+
+    output_dir: str = opt("sd-model-finetuned-lora", "Folder for the LoRA weights, checkpoints, samples and logs.")
+    rank: int | None = opt(4, "LoRA rank: train rank-N adapters (peft) on the pretrained UNet; output_dir gets "
+                           "pytorch_lora_weights.safetensors (load_lora_weights loads it).")
+    learning_rate: float = opt(1e-4, "Peak learning rate (diffusers' LoRA default).")
 
 
 @dataclass

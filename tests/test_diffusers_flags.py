@@ -70,3 +70,65 @@ def test_dream_trains_epsilon_models_and_refuses_others(tmp_path, train_uncondit
 def test_meaningless_combinations_are_one_line(flags, message):
     with pytest.raises(config.UserError, match=message):
         config.parse(config.TextToImageConfig, flags)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every flag and every README command of diffusers' three scripts (tests/diffusers_example_flags.py)
+
+from diffusers_example_flags import FLAGS, README_COMMANDS  # noqa: E402
+
+SCHEMAS = {"train_unconditional": config.TrainConfig, "train_text_to_image": config.TextToImageConfig,
+           "train_text_to_image_lora": config.LoraTextToImageConfig}
+# values diffusers' parsers accept that need a context to mean something here
+CONTEXT = {"dream_detail_preservation": ["--dream_training", "--prediction_type", "epsilon"],
+           "offload_ema": ["--use_ema"], "foreach_ema": ["--use_ema"]}
+VALUES = {"prediction_type": "epsilon", "resume_from_checkpoint": "latest", "report_to": "wandb",
+          "validation_prompts": "a cat", "validation_prompt": "a cat", "image_column": "image",
+          "caption_column": "text", "local_rank": "0"}
+
+
+def a_value(name: str, spec: dict) -> list[str]:
+    if spec["action"] == "store_true":
+        return []
+    if name in VALUES:
+        return [VALUES[name]]
+    if spec["choices"]:
+        return [str(spec["choices"][0])]
+    if spec["default"] is not None:
+        return [str(spec["default"])]
+    return [{int: "2", float: "0.5"}.get(spec["type"], "some-value")]
+
+
+@pytest.mark.parametrize("script", list(FLAGS))
+def test_every_flag_of_diffusers_scripts_is_accepted(script):
+    base = [] if script == "train_unconditional" else ["--pretrained_model_name_or_path", "me/base-model"]
+    refused = {}
+    for name, spec in FLAGS[script].items():
+        argv = [*base, *CONTEXT.get(name, []), f"--{name}", *a_value(name, spec)]
+        try:
+            config.parse(SCHEMAS[script], argv)
+        except config.UserError as e:
+            refused[name] = str(e)
+    assert not refused
+
+
+@pytest.mark.parametrize("script", list(README_COMMANDS))
+def test_diffusers_readme_commands_parse_with_their_meaning(script, tmp_path):
+    import shlex
+
+    env = {"$MODEL_NAME": "CompVis/stable-diffusion-v1-4", "$DATASET_NAME": "lambdalabs/naruto-blip-captions",
+           "$TRAIN_DIR": str(tmp_path), "<path-to-train-directory> <other-arguments>": str(tmp_path)}
+    for command in README_COMMANDS[script]:
+        for var, value in env.items():
+            command = command.replace(var, value)
+        argv = shlex.split(command)
+        cfg = config.parse(SCHEMAS[script], argv)
+        given = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+        for flag, value in given.items():
+            field = {"num_train_epochs": "num_epochs", "validation_prompt": "validation_prompts",
+                     "logger": "report_to"}.get(flag, flag)
+            got = getattr(cfg, field)
+            got = got[0] if isinstance(got, list) else got
+            assert str(got) == value or (isinstance(got, float) and got == float(value)), flag
+    if script == "train_text_to_image_lora":
+        assert cfg.rank == 4 and cfg.learning_rate == 1e-4  # LoRA on, as diffusers' script always is

@@ -24,7 +24,8 @@ def decode_images(cfg, ds, image_mode: str | None = None):
     """ds's images decoded once (cached) as items {"pixels": uint8 CHW}, row for row, in image_mode (default:
     --image_mode)."""
     return prepare_images(ds, find_image_column(ds, cfg.image_column), cfg.resolution, center_crop=cfg.center_crop,
-                          image_mode=image_mode or cfg.image_mode, interpolation=cfg.image_interpolation_mode)
+                          image_mode=image_mode or cfg.image_mode, interpolation=cfg.image_interpolation_mode,
+                          bits=16 if cfg.preserve_input_precision else 8)
 
 
 def load_training_images(cfg):

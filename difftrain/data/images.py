@@ -4,6 +4,7 @@ scaling to [-1, 1] happen on the batch, on the training device, from the global 
 from __future__ import annotations
 
 import io
+from functools import partial
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;L"}
+SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # how PIL opens 16-bit grayscale PNG/TIFF
 # diffusers' --image_interpolation_mode names (torchvision's InterpolationMode) → PIL filters; torchvision's
 # "nearest" and "nearest_exact" are both PIL's NEAREST, which is the exact one
 INTERPOLATION_MODES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "box": Image.BOX,
@@ -43,26 +45,39 @@ def choose_mode(img: Image.Image, image_mode: str) -> str:
 
 
 def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_crop: bool,
-                        interpolation: str = "bilinear") -> np.ndarray:
-    """HWC uint8: shorter side → `resolution` (with one of INTERPOLATION_MODES), centre-cropped if asked.
-    Without center_crop a non-square image keeps its long side; the batch takes a random crop."""
-    img = img.convert(mode)
+                        interpolation: str = "bilinear", bits: int = 8) -> np.ndarray:
+    """HWC uint8 (bits 8) or uint16 (bits 16, --preserve_input_precision): shorter side → `resolution` (with one of
+    INTERPOLATION_MODES), centre-cropped if asked. A 16-bit grayscale image is rescaled to the output depth, never
+    clipped (PIL's convert("L") clips it to 255). Without center_crop a non-square image keeps its long side; the
+    batch takes a random crop."""
+    top = 255 if bits == 8 else 65535
+    if img.mode in SIXTEEN_BIT:  # resized as float, then rounded: no precision lost before the last step
+        img = Image.fromarray(np.asarray(img, dtype=np.float32) * (top / 65535))
+    else:
+        img = img.convert(mode)
     w, h = img.size
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     if size != (w, h):
         img = img.resize(size, INTERPOLATION_MODES[interpolation])
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = np.clip(np.rint(arr), 0, top)
+    elif bits == 16:
+        arr = arr.astype(np.uint32) * 257  # 8-bit source: 255 → 65535
+    arr = arr.astype(np.uint8 if bits == 8 else np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if arr.shape[2] == 1 and mode == "RGB":
+        arr = np.repeat(arr, 3, axis=2)
     if center_crop:
-        top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
-        arr = arr[top : top + resolution, left : left + resolution]
+        top_row, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+        arr = arr[top_row : top_row + resolution, left : left + resolution]
     return np.ascontiguousarray(arr)
 
 
 def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool, image_mode: str,
-                   interpolation: str = "bilinear"):
+                   interpolation: str = "bilinear", bits: int = 8):
     """Decode + resize every image once (🤗 datasets caches the result beside the source) and return
     a dataset whose items are {"pixels": uint8 CHW array}."""
     import datasets
@@ -74,17 +89,17 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
     mode = choose_mode(open_image(ds[0][image_column]), image_mode)
 
     def decode_batch(batch):
-        arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop, interpolation)
+        arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop, interpolation, bits)
                   for v in batch[image_column]]
         return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
 
     ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=ds.column_names,
                 desc=f"Decoding images at {resolution}px (once; cached)")
-    return ds.with_transform(_to_arrays)
+    return ds.with_transform(partial(_to_arrays, dtype=np.uint8 if bits == 8 else np.uint16))
 
 
-def _to_arrays(batch):
-    pixels = [np.frombuffer(b, dtype=np.uint8).reshape(shape).transpose(2, 0, 1)
+def _to_arrays(batch, dtype=np.uint8):
+    pixels = [np.frombuffer(b, dtype=dtype).reshape(shape).transpose(2, 0, 1)
               for b, shape in zip(batch["pixels"], batch["shape"])]
     return {**{k: v for k, v in batch.items() if k not in ("pixels", "shape")}, "pixels": pixels}
 
@@ -103,8 +118,9 @@ def collate(examples: list[dict]) -> dict:
     return batch
 
 
-def to_model_range(pixels_u8: torch.Tensor) -> torch.Tensor:
-    return pixels_u8.float() / 127.5 - 1.0
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (or uint16, --preserve_input_precision) pixels → [-1, 1]."""
+    return pixels.float() / (127.5 if pixels.dtype == torch.uint8 else 32767.5) - 1.0
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -87,3 +87,30 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
     assert list(s) != first
     s.set_epoch(0)
     assert list(s) == first and list(EpochSampler(100, seed=4)) != first
+
+
+def _sixteen_bit_png(tmp_path):
+    """A 0–65535 horizontal gradient saved as a 16-bit grayscale PNG, read back as datasets would."""
+    gradient = np.tile(np.linspace(0, 65535, 32), (32, 1)).round().astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "g.png")
+    return datasets.Dataset.from_dict({"image": [str(tmp_path / "g.png")]},
+                                      features=datasets.Features(image=datasets.Image())), gradient
+
+
+def test_16_bit_images_are_rescaled_never_clipped(tmp_path):
+    ds, gradient = _sixteen_bit_png(tmp_path)
+    eight = images.prepare_images(ds, "image", 32, center_crop=True, image_mode="auto")[0]["pixels"]
+    assert eight.dtype == np.uint8 and eight.min() == 0 and eight.max() == 255  # PIL's convert("L") gave 146–255
+    assert np.abs(eight[0].astype(int) - np.rint(gradient / 257)).max() <= 1
+
+
+def test_preserve_input_precision_keeps_16_bits(tmp_path):
+    ds, gradient = _sixteen_bit_png(tmp_path)
+    kept = images.prepare_images(ds, "image", 32, center_crop=True, image_mode="auto", bits=16)[0]["pixels"]
+    assert kept.dtype == np.uint16 and np.array_equal(kept[0], gradient)
+    batch = collate([{"pixels": kept}])["pixels"]
+    x = augment(batch, 32, random_flip=False)
+    assert x.min() == -1 and x.max() == 1 and len(torch.unique(x)) == 32  # 32 levels survive, not 8-bit steps
+    eight_bit = images.prepare_images(_dataset([np.full((8, 8), 255, np.uint8)]), "image", 8, center_crop=True,
+                                      image_mode="auto", bits=16)[0]["pixels"]
+    assert eight_bit.dtype == np.uint16 and eight_bit.max() == 65535  # an 8-bit image in a 16-bit run: same range

@@ -9,4 +9,4 @@ def test_readme_flag_tables_are_generated_from_the_config():
     tables = runpy.run_path(str(ROOT / "tools" / "flag_tables.py"))
     text = (ROOT / "README.md").read_text()
     assert tables["render"](text) == text, "README flag tables are stale: run python tools/flag_tables.py"
-    assert text.count("<!-- flags:") == 4  # train_unconditional, train_text_to_image, sample, evaluate
+    assert text.count("<!-- flags:") == 5  # the three trainers, sample, evaluate

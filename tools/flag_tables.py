@@ -12,6 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {  # marker → (schema, the schema whose flags it leaves out)
     "train_unconditional": (config.TrainConfig, None),
     "train_text_to_image": (config.TextToImageConfig, config.TrainConfig),
+    "train_text_to_image_lora": (config.LoraTextToImageConfig, config.TextToImageConfig),
     "sample": (config.SampleConfig, None),
     "evaluate": (config.EvaluateConfig, None),
 }

@@ -116,3 +116,24 @@ def test_lora_target_modules_that_match_nothing_are_named(tiny_sd_pipeline, shap
                                "--output_dir", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "to_nothing" in err
+
+
+def test_lora_push_uploads_the_adapters_and_a_card_naming_the_base(tiny_sd_pipeline, shapes, tmp_path,
+                                                                   train_text_to_image, monkeypatch):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from conftest import snapshot
+    from difftrain import hub
+    from test_hub import RecordingApi
+
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    out = tmp_path / "run"
+    assert train_text_to_image(*lora_flags(tiny_sd_pipeline, shapes), "--output_dir", out, "--push_to_hub",
+                               "--hub_model_id", "me/tiny-lora") == 0
+    upload = [kw for name, kw in RecordingApi.calls if name == "upload_folder"][-1]
+    uploaded = set(filter_repo_objects(list(snapshot(out)), ignore_patterns=upload["ignore_patterns"]))
+    assert {lora.WEIGHT_NAME, "README.md", "training_config.yaml"} <= uploaded
+    assert not any(f.startswith("checkpoint-") for f in uploaded)
+    card = (out / "README.md").read_text()
+    assert f"base_model: {tiny_sd_pipeline}" in card and 'pipeline.load_lora_weights("me/tiny-lora")' in card

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .utils import rng_untouched
 
 STATE_FILE = "trainer_state.json"  # written last: a folder without it is not a checkpoint
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -46,6 +47,48 @@ def find_resume_checkpoint(output_dir, resume_from: str | None) -> Path | None:
 
 def read_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def batch_geometry(cfg, accelerator) -> dict:
+    """What the data position and the LR schedule are counted in: recorded in every checkpoint, checked on resume."""
+    return {"train_batch_size": cfg.train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "num_processes": accelerator.num_processes}
+
+
+def check_resumable(checkpoint: Path, model, *, use_ema: bool, batch: dict) -> None:
+    """Before anything is written: the checkpoint was made by a run this one can continue exactly. `batch`:
+    train_batch_size, gradient_accumulation_steps and num_processes, which the data position and the LR schedule
+    are counted in."""
+    from . import lora
+
+    where = f"--resume_from_checkpoint {checkpoint}"
+    saved = read_state(checkpoint).get("batch")
+    if saved and saved != batch:  # checkpoints written before batch geometry was recorded are not checked
+        differ = ", ".join(f"{k} {saved[k]} (now {batch.get(k)})" for k in saved if saved[k] != batch.get(k))
+        raise UserError(f"{where}: it was trained with {differ}; resume with the same values (its data position "
+                        "and LR schedule are counted in those batches), or start a new run from its weights.")
+    if lora.has_adapters(model):
+        has_ema = (checkpoint / "ema").is_dir()
+    else:
+        has_ema = (checkpoint / "unet_ema").is_dir()
+        config_file = checkpoint / "unet" / "config.json"
+        theirs = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if theirs.get("_class_name", type(model).__name__) != type(model).__name__:
+            raise UserError(f"{where}: it holds a {theirs['_class_name']}, this script trains a "
+                            f"{type(model).__name__}; resume it with the script that wrote it.")
+        ours = dict(model.config)
+        differ = [k for k in theirs if not k.startswith("_") and k in ours and _jsonable(ours[k]) != theirs[k]]
+        if differ:
+            k = differ[0]
+            raise UserError(f"{where}: its UNet has {k}={theirs[k]} where this run's has {_jsonable(ours[k])}; "
+                            "resume with the --unet/--config it was trained with.")
+    if use_ema != has_ema:
+        raise UserError(f"{where}: it {'has no' if use_ema else 'carries an'} EMA but this run has --use_ema "
+                        f"{str(use_ema).lower()}; resume with --use_ema {str(has_ema).lower()}.")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=list))
 
 
 def save_checkpoint(accelerator, output_dir, global_step: int, state: dict, total_limit: int | None,
@@ -93,6 +136,12 @@ def register_diffusers_format(accelerator, weights) -> None:
     ema = weights.ema
 
     def save_hook(models, state_dicts, folder):
+        # rng_untouched: saving the EMA builds a UNet (random init); accelerate records the RNG state AFTER this
+        # hook, and it must be the run's, not one a few draws later
+        with rng_untouched():
+            _save_models(models, state_dicts, folder)
+
+    def _save_models(models, state_dicts, folder):
         if accelerator.is_main_process:
             for model in models:
                 model = accelerator.unwrap_model(model)

@@ -13,4 +13,7 @@ def run(work, argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training's own clean stop (loading, decoding, sampling): one line
+        print("error: interrupted (Ctrl-C).", file=sys.stderr)
+        return 130
     return 0

@@ -7,6 +7,7 @@ Flag names are those of diffusers' example scripts, so a pasted command line kee
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,10 @@ class TrainConfig:
     # --- checkpoints, validation, logging ---
     checkpointing_steps: int = opt(500, "Save a resumable checkpoint-N/ every N optimizer updates.")
     checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
-    resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, or a checkpoint folder path.")
+    resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, or a checkpoint folder path ('latest' with no "
+                                             "checkpoint yet starts over, saying so).")
+    checkpoint_on_interrupt: bool = opt(True, "On Ctrl-C or SIGTERM, stop at the next update boundary with a checkpoint "
+                                        "of that step, so a preempted job loses nothing.")
     save_model_epochs: int = opt(1, "Write the pipeline to output_dir every N epochs (and at the end).")
     validation_steps: int | None = opt(250, "Write samples/step-N.png every N optimizer updates.")
     save_images_epochs: int | None = opt(None, "Also write a sample grid every N epochs.",
@@ -157,8 +161,20 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name} must be at least 1 or left unset (got {value}).")
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive (got {self.learning_rate}).")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise UserError(f"--learning_rate must be a positive number (got {self.learning_rate}).")
+        check_ranges(self, {
+            "adam_beta1": (0, 1, "in [0, 1)"), "adam_beta2": (0, 1, "in [0, 1)"), "adam_weight_decay": (0, None, ">= 0"),
+            "adam_epsilon": (0, None, "> 0", True), "max_grad_norm": (0, None, "> 0", True),
+            "lr_warmup_steps": (0, None, ">= 0"), "dataloader_num_workers": (0, None, ">= 0"),
+            "seed": (0, 2**32, "in [0, 2**32)"), "snr_gamma": (0, None, "> 0 (5.0 is the paper's)", True),
+            "noise_offset": (0, None, ">= 0"), "input_perturbation": (0, None, ">= 0"),
+            "ema_max_decay": (0, 1, "in [0, 1]", False, True), "ema_power": (0, None, "> 0", True),
+            "ema_inv_gamma": (0, None, "> 0", True), "sigma_data": (0, None, "> 0", True),
+            "edm_p_std": (0, None, "> 0", True), "local_rank": (-1, None, ">= -1"),
+        })
+        if not self.output_dir.strip():
+            raise UserError("--output_dir is empty; name a folder for the run.")
         if self.dream_detail_preservation <= 0:
             raise UserError(f"--dream_detail_preservation must be positive (got {self.dream_detail_preservation}).")
         if self.dream_detail_preservation != 1.0 and not self.dream_training:
@@ -187,6 +203,21 @@ class TrainConfig:
                             "save_to_disk folder with a test split works) or drop --eval_steps.")
         if self.train_data_dir is None and self.dataset_name is None:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
+
+
+def check_ranges(cfg, ranges: dict) -> None:
+    """Each option in its range, or one line naming it: name → (low, high, what, low excluded, high included);
+    an unset (None) option is not checked; NaN and infinities are never in range."""
+    for name, (low, high, what, *edges) in ranges.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        low_open, high_closed = (list(edges) + [False, False])[:2]
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if ok and high is not None:
+            ok = value <= high if high_closed else value < high
+        if not ok:
+            raise UserError(f"--{name} must be {what} (got {value}).")
 
 
 def _default(cls, name: str):

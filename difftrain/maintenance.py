@@ -3,12 +3,17 @@ throughput, checkpoints, validation grids, evaluation, pipeline saves and Hub pu
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, hub
+from .errors import UserError
+from .utils import rng_untouched
 
 
 class Maintenance:
@@ -34,24 +39,56 @@ class Maintenance:
         self.window_images += len(next(iter(batch.values()))) * self.accelerator.num_processes
 
     def after_update(self, epoch: int, loss: float, grad_norm) -> None:
-        run, cfg, step = self.run, self.cfg, self.run.global_step
+        cfg, step = self.cfg, self.run.global_step
         self._log(epoch, loss, grad_norm)
-        if step % cfg.checkpointing_steps == 0:
-            checkpoints.save_checkpoint(self.accelerator, run.out, step, {"epoch": epoch}, cfg.checkpoints_total_limit,
-                                        write_extra=lambda folder: run.recipe.scheduler.save_pretrained(
-                                            str(folder / "scheduler")))
-        if cfg.validation_steps and step % cfg.validation_steps == 0:
-            self.validate()
-        if cfg.eval_steps and step % cfg.eval_steps == 0:
-            self.evaluate()
+        with rng_untouched():  # a run with more checkpoints or grids trains the same weights
+            if step % cfg.checkpointing_steps == 0:
+                self.checkpoint(epoch)
+            if cfg.validation_steps and step % cfg.validation_steps == 0:
+                self.validate()
+            if cfg.eval_steps and step % cfg.eval_steps == 0:
+                self.evaluate()
         self._new_window()
+
+    def checkpoint(self, epoch: int):
+        run = self.run
+        return checkpoints.save_checkpoint(
+            self.accelerator, run.out, run.global_step,
+            {"epoch": epoch, "batch": checkpoints.batch_geometry(self.cfg, self.accelerator)},
+            self.cfg.checkpoints_total_limit,
+            write_extra=lambda folder: run.recipe.scheduler.save_pretrained(str(folder / "scheduler")))
+
+    def stop_requested(self, signal_name: str | None) -> bool:
+        """Whether any process was asked to stop (all ranks agree, so they checkpoint together)."""
+        if self.accelerator.num_processes == 1:
+            return signal_name is not None
+        flag = torch.tensor([float(signal_name is not None)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def stop(self, epoch: int, signal_name: str) -> None:
+        """A clean stop at an update boundary: a checkpoint of this step (--checkpoint_on_interrupt), one line."""
+        run, cfg = self.run, self.cfg
+        saved = None
+        if cfg.checkpoint_on_interrupt and run.global_step % cfg.checkpointing_steps == 0:
+            saved = run.out / f"checkpoint-{run.global_step}"  # just written
+        elif cfg.checkpoint_on_interrupt:
+            with rng_untouched():
+                saved = self.checkpoint(epoch)
+        self.progress.close()
+        self.accelerator.end_training()
+        last = saved or (checkpoints.list_checkpoints(run.out) or [None])[-1]
+        raise UserError(f"stopped by {signal_name} at step {run.global_step} of {run.max_steps}; "
+                        + (f"{last} holds it; continue with --resume_from_checkpoint latest." if last else
+                           "no checkpoint yet (--checkpoint_on_interrupt is off): --resume_from_checkpoint latest "
+                           "starts over."))
 
     def after_epoch(self, epoch: int) -> None:
         """At the end of an epoch that training goes on after."""
-        if (epoch + 1) % self.cfg.save_model_epochs == 0:
-            self.save_pipeline()
-        if self.cfg.save_images_epochs and (epoch + 1) % self.cfg.save_images_epochs == 0:
-            self.validate()
+        with rng_untouched():
+            if (epoch + 1) % self.cfg.save_model_epochs == 0:
+                self.save_pipeline()
+            if self.cfg.save_images_epochs and (epoch + 1) % self.cfg.save_images_epochs == 0:
+                self.validate()
 
     def finish(self) -> None:
         self.progress.close()
@@ -98,6 +135,29 @@ class Maintenance:
                 self.pushes.append(hub.push_pipeline(self.cfg, run.out, run.global_step, run.recipe.pipeline_class,
                                                      (run.recipe.eval_prompts or [None])[0]))
         self.accelerator.wait_for_everyone()
+
+
+class StopRequests:
+    """SIGINT (Ctrl-C) and SIGTERM (preemption) while training: noted, and acted on at the next update boundary, so
+    the checkpoint written then is a consistent one. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.name, self._previous = None, {}
+
+    def _note(self, signum, frame):
+        if self.name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def log_grid(accelerator, grid, step: int) -> None:

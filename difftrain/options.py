@@ -93,9 +93,18 @@ def _without_none(tp):
     return tp
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a UserError), not the usage dump and its own exit."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see --help.")
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="YAML file of options; command-line flags override it.")
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", help="YAML file of options; command-line flags override it. "
+                        "Several are merged in order, a later file's keys over an earlier's.")
     hints = typing.get_type_hints(cls)
     for name, f in fields_of(cls).items():
         tp = hints[name]
@@ -178,10 +187,12 @@ def parse(cls, argv: list[str] | None = None, description: str = ""):
         flags = [f"--{n}" for n in fields_of(cls)]
         raise UserError(f"unknown option '{flag}'.{_nearest(flag.split('=')[0], flags)} See --help.")
     cli = dict(vars(args))
-    config_path = cli.pop("config", None)
-    values = load_yaml(config_path) if config_path else {}
+    config_paths = cli.pop("config", None) or []
+    values = {}
+    for path in config_paths:
+        values.update(load_yaml(path))
     values.update(cli)
-    return from_dict(cls, values, source=config_path or "command line")
+    return from_dict(cls, values, source=" + ".join(config_paths) or "command line")
 
 
 def to_dict(cfg) -> dict:

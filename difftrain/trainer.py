@@ -20,7 +20,7 @@ from diffusers.optimization import get_scheduler
 from . import checkpoints, config
 from .data import EpochSampler, collate
 from .errors import UserError
-from .maintenance import Maintenance
+from .maintenance import Maintenance, StopRequests
 from .weights import ShippingWeights
 
 
@@ -105,19 +105,22 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     run = set_up(cfg, build_recipe)
     maintenance = Maintenance(run)
     run.model.train()
-    for epoch in range(run.global_step // run.updates_per_epoch, run.num_epochs):
-        for batch in run.batches(epoch):
-            finished = update(run, batch)
-            maintenance.count(batch)
-            if finished is None:  # a micro-batch inside a gradient-accumulation window
-                continue
-            run.global_step += 1
-            maintenance.after_update(epoch, *finished)
+    with StopRequests() as stop:  # Ctrl-C / SIGTERM: acted on at the next update boundary
+        for epoch in range(run.global_step // run.updates_per_epoch, run.num_epochs):
+            for batch in run.batches(epoch):
+                finished = update(run, batch)
+                maintenance.count(batch)
+                if finished is None:  # a micro-batch inside a gradient-accumulation window
+                    continue
+                run.global_step += 1
+                maintenance.after_update(epoch, *finished)
+                if maintenance.stop_requested(stop.name):
+                    maintenance.stop(epoch, stop.name or "another process's signal")
+                if run.global_step >= run.max_steps:
+                    break
             if run.global_step >= run.max_steps:
                 break
-        if run.global_step >= run.max_steps:
-            break
-        maintenance.after_epoch(epoch)
+            maintenance.after_epoch(epoch)
     maintenance.finish()
     return run.out
 
@@ -159,14 +162,21 @@ def set_up(cfg, build_recipe) -> Run:
     """Accelerator, seed, recipe, output folder, loader, optimizer, LR schedule, EMA, and the resumed state."""
     out = Path(cfg.output_dir)
     resume = checkpoints.find_resume_checkpoint(out, cfg.resume_from_checkpoint)
-    check_output_dir(cfg, resuming=resume is not None)
+    # 'latest' with nothing saved yet (a run stopped before its first checkpoint) starts over, as diffusers' scripts
+    # do: job schedulers pass it on every start
+    starting_over = resume is None and cfg.resume_from_checkpoint == "latest" and (out / "training_config.yaml").exists()
+    check_output_dir(cfg, resuming=resume is not None or starting_over)
     accelerator = _accelerator(cfg, out)
+    if starting_over:
+        accelerator.print(f"note: --resume_from_checkpoint latest: {out} has no checkpoint yet; starting over.")
     seed = cfg.seed
     if seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
         seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
     set_seed(seed)  # same initial weights on every rank
     recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
     _speed_options(cfg, recipe.model, accelerator)
+    if resume is not None:  # before the run folder is touched
+        checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg), batch=checkpoints.batch_geometry(cfg, accelerator))
     if accelerator.is_main_process:
         _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg), **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)

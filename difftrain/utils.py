@@ -75,3 +75,12 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+@contextmanager
+def rng_untouched():
+    """The global RNGs (CPU, and CUDA when present) as they were on entry: maintenance between updates (a checkpoint
+    builds a UNet to save the EMA, which draws initial weights) must never change the training run."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield

@@ -11,6 +11,9 @@ def run(work, argv=None) -> int:
     try:
         work(sys.argv[1:] if argv is None else argv)
     except UserError as e:
+        from .utils import remove_empty_created
+
+        remove_empty_created()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside training's own clean stop (loading, decoding, sampling): one line

@@ -317,8 +317,9 @@ class TextToImageConfig(TrainConfig):
         if self.cache_latents and not self.vae_name_or_path and not self.pretrained_model_name_or_path:
             raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path, or fine-tune a pipeline that has "
                             "one (--pretrained_model_name_or_path).")
-        if self.validation_prompts is not None and not self.validation_prompts:
-            raise UserError("--validation_prompts is empty; give at least one prompt (or leave it unset).")
+        if self.validation_prompts is not None and not all(p.strip() for p in self.validation_prompts):
+            raise UserError("--validation_prompts is empty or holds a blank prompt; give prompts with words in them "
+                            "(or leave it unset).")
         if self.num_validation_images is not None and self.num_validation_images < 1:
             raise UserError(f"--num_validation_images must be at least 1 (got {self.num_validation_images}).")
         if self.non_ema_revision and not self.pretrained_model_name_or_path:

@@ -98,6 +98,9 @@ def evaluate(cfg) -> Path:
         return evaluate_samples(cfg, device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale)
+    if cfg.guidance_scale is not None and not model.conditional:
+        raise UserError(f"--guidance_scale steers text-conditional models; {cfg.model} is unconditional "
+                        f"({type(model.unet).__name__}); drop --guidance_scale.")
     # resolved into a copy, so metrics.json records it and the caller's config stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:

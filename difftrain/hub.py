@@ -8,6 +8,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from .config import grid_guidance, uses_ema
+from .errors import UserError
+from .utils import first_line
 
 # Never uploaded: resumable state, trackers' files, half-written checkpoints, local samples other than the card's.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".checkpoint-*", ".checkpoint-*/**", "logs/**", "*.partial*"]
@@ -90,6 +92,15 @@ def push_folder(api, folder, *, repo_id: str, token: str | None, private: bool, 
 
 def default_repo_id(cfg) -> str:
     return cfg.hub_model_id or Path(cfg.output_dir).resolve().name
+
+
+def check_access(cfg) -> None:
+    """Before training, not after: --push_to_hub needs the Hub reachable and a token that can write."""
+    try:
+        HfApi(token=cfg.hub_token).whoami()
+    except Exception as e:  # offline, no token, bad token, network down
+        raise UserError(f"--push_to_hub: the Hub cannot be used ({e.__class__.__name__}: {first_line(e)}); log in "
+                        "(`hf auth login`) or pass --hub_token, or drop --push_to_hub and upload later.") from None
 
 
 def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str, prompt: str | None = None):

@@ -62,7 +62,26 @@ def build_unet(unet_args: dict, *, resolution: int, channels: int, model_cls=UNe
         if config.get(key, value) != value:
             raise UserError(f"unet.{key} is {config[key]} but must be {value} here; drop it from the config.")
         config[key] = value
-    return model_cls(**config)
+    try:
+        unet = model_cls(**config)
+    except Exception as e:  # unknown block type, lists of different lengths, groups that do not divide ...
+        raise UserError(f"--unet: diffusers cannot build this {model_cls.__name__} ({first_line(e)}); fix --unet "
+                        "(configs/mnist.yaml shows a working one).") from None
+    _check_forward(unet, channels, resolution, extra.get("cross_attention_dim"))
+    return unet
+
+
+def _check_forward(unet, channels: int, resolution: int, context_width: int | None) -> None:
+    """One tiny forward pass: a UNet whose blocks do not fit together (channel counts, group norms) fails here, in
+    one line, instead of at the first training step."""
+    x = torch.zeros(1, channels, resolution, resolution)
+    kwargs = {"encoder_hidden_states": torch.zeros(1, 1, context_width)} if context_width else {}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            unet(x, torch.tensor([0]), **kwargs)
+    except Exception as e:
+        raise UserError(f"--unet: the UNet does not run on {channels}x{resolution}x{resolution} inputs "
+                        f"({first_line(e)}); check its block_out_channels, norm_num_groups and block types.") from None
 
 
 def load_pretrained_unet(path: str, model_cls=UNet2DModel, revision: str | None = None, variant: str | None = None):

@@ -78,7 +78,10 @@ def _coerce(key: str, value, tp):
         return [_coerce(key, v, item) for v in value]
     if tp is dict or origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise UserError(f"{key}: not a valid YAML/JSON mapping ({first_line(e)}).") from None
         if not isinstance(value, dict):
             raise bad
         return value

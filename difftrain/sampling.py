@@ -56,8 +56,9 @@ def read_prompts(cfg) -> list[str]:
 def check_conditioning(model: Model, prompts: list[str], cfg) -> None:
     """Prompts go with text-conditional models only, and those need prompts."""
     name = type(model.unet).__name__
-    if not model.conditional and (prompts or cfg.negative_prompt):
-        flag = "--prompt/--prompt_file" if prompts else "--negative_prompt"
+    if not model.conditional and (prompts or cfg.negative_prompt or cfg.guidance_scale is not None):
+        flag = ("--prompt/--prompt_file" if prompts else "--negative_prompt" if cfg.negative_prompt
+                else "--guidance_scale")
         raise UserError(f"{flag} given, but {cfg.model} is an unconditional model ({name}); drop {flag}.")
     if model.conditional and not prompts:
         raise UserError(f"{cfg.model} is a text-conditional model ({name}); pass --prompt TEXT or --prompt_file FILE.")

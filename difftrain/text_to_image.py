@@ -98,8 +98,15 @@ def make_unet(cfg, encoder: TextEncoder, resolution: int, channels: int) -> UNet
         architecture = {k: v for k, v in load_unet_config(cfg.model_config_name_or_path, "--model_config_name_or_path",
                                                           UNet2DConditionModel).items()
                         if k not in ("sample_size", "in_channels", "out_channels", "cross_attention_dim")}
-    return build_unet(architecture, resolution=resolution, channels=channels, model_cls=UNet2DConditionModel,
+    unet = build_unet(architecture, resolution=resolution, channels=channels, model_cls=UNet2DConditionModel,
                       cross_attention_dim=encoder.width)
+    c = unet.config
+    blocks = [*c.down_block_types, *c.up_block_types, c.mid_block_type or ""]
+    if not any("CrossAttn" in b for b in blocks) and c.addition_embed_type != "text":
+        raise UserError("--unet has no cross-attention block (CrossAttnDownBlock2D, CrossAttnUpBlock2D or the "
+                        "UNetMidBlock2DCrossAttn middle) and no addition_embed_type: text, so it could not see the "
+                        "caption; add one.")
+    return unet
 
 
 class CaptionedImages(torch.utils.data.Dataset):

@@ -17,10 +17,11 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 
-from . import checkpoints, config
+from . import checkpoints, config, hub
 from .data import EpochSampler, collate
 from .errors import UserError
 from .maintenance import Maintenance, StopRequests
+from .utils import check_writable
 from .weights import ShippingWeights
 
 
@@ -47,6 +48,7 @@ def check_output_dir(cfg, resuming: bool) -> None:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; pass a folder.")
+    check_writable(out)  # now, not after the data is decoded
     previous = [n for n in ("training_config.yaml", "model_index.json") if (out / n).exists()]
     if previous and not resuming and not cfg.overwrite_output_dir:
         raise UserError(
@@ -166,6 +168,8 @@ def set_up(cfg, build_recipe) -> Run:
     # do: job schedulers pass it on every start
     starting_over = resume is None and cfg.resume_from_checkpoint == "latest" and (out / "training_config.yaml").exists()
     check_output_dir(cfg, resuming=resume is not None or starting_over)
+    if cfg.push_to_hub:
+        hub.check_access(cfg)
     accelerator = _accelerator(cfg, out)
     if starting_over:
         accelerator.print(f"note: --resume_from_checkpoint latest: {out} has no checkpoint yet; starting over.")

@@ -50,10 +50,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_CREATED: list[Path] = []  # folders prepare_output_dir made in this process: removed again if a command fails
+
+
 def prepare_output_dir(path: Path) -> Path:
-    """Create the folder and prove it takes a file, before any time is spent sampling."""
+    """Create the folder and prove it takes a file, before any time is spent sampling. A folder made here and still
+    empty when the command fails is removed (cli.run), so an error never leaves empty folders behind."""
+    first_new = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if first_new is not None:
+            _CREATED.append(first_new)
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -61,6 +68,22 @@ def prepare_output_dir(path: Path) -> Path:
         raise UserError(f"--output_dir {path}: cannot write there ({e.strerror or e}); pass a writable "
                         "folder.") from None
     return path
+
+
+def remove_empty_created() -> None:
+    """After a failed command: the folders prepare_output_dir made, if nothing was written into them."""
+    while _CREATED:
+        folder = _CREATED.pop()
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder)
+
+
+def check_writable(path: Path, flag: str = "--output_dir") -> None:
+    """Before hours of work: the folder, or the nearest folder above it that exists, takes new files."""
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable folder); pass a writable "
+                        "folder.")
 
 
 def cache_root(cache_dir: str | None, name: str) -> Path:

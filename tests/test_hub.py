@@ -14,6 +14,10 @@ class RecordingApi:
     def __init__(self, token=None):
         RecordingApi.calls.append(("init", {"token": token}))
 
+    def whoami(self):
+        RecordingApi.calls.append(("whoami", {}))
+        return {"name": "me"}
+
     def create_repo(self, repo_id, **kwargs):
         RecordingApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
 
@@ -34,8 +38,9 @@ def test_push_uploads_the_pipeline_and_card_never_checkpoints_or_the_token(tmp_p
                                "--save_model_epochs", 100)
     assert code == 0
     names = [name for name, _ in RecordingApi.calls]
-    assert names == ["init", "create_repo", "upload_folder"]  # one push: at the end (save_model_epochs > epochs)
-    create, upload = RecordingApi.calls[1][1], RecordingApi.calls[2][1]
+    # the token is checked before training; one push: at the end (save_model_epochs > epochs)
+    assert names == ["init", "whoami", "init", "create_repo", "upload_folder"]
+    create, upload = RecordingApi.calls[3][1], RecordingApi.calls[4][1]
     assert create["repo_id"] == "me/tiny-ddpm" and create["private"] is True and create["exist_ok"] is True
     assert upload["repo_id"] == "me/tiny-ddpm" and upload["folder_path"] == str(out)
     assert upload["run_as_future"] is True and upload["token"] == "hf_SECRET"
@@ -79,3 +84,16 @@ def test_lora_cards_name_the_base_and_load_the_adapters_on_it():
     card = model_card(cfg, repo_id="me/sd-lora", global_step=3, pipeline_class="StableDiffusionPipeline", grid=None)
     assert "base_model: me/base-sd" in card and "Rank-8 LoRA" in card and "- lora" in card
     assert 'StableDiffusionPipeline.from_pretrained("me/base-sd")\npipeline.load_lora_weights("me/sd-lora")' in card
+
+
+def test_push_to_hub_offline_fails_before_training(tmp_path, train_unconditional, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "run"
+    assert train_unconditional("--config", ROOT / "configs/tiny.yaml", "--output_dir", out, "--push_to_hub",
+                               "--hub_token", "hf_x") == 2
+    err = capsys.readouterr().err
+    assert "--push_to_hub: the Hub cannot be used" in err and err.count("\n") == 1
+    assert not out.exists()

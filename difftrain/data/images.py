@@ -4,6 +4,7 @@ scaling to [-1, 1] happen on the batch, on the training device, from the global 
 from __future__ import annotations
 
 import io
+import warnings
 from functools import partial
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import UserError
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;L"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # how PIL opens 16-bit grayscale PNG/TIFF
 # diffusers' --image_interpolation_mode names (torchvision's InterpolationMode) → PIL filters; torchvision's
 # "nearest" and "nearest_exact" are both PIL's NEAREST, which is the exact one
@@ -51,6 +53,8 @@ def resize_shorter_side(img: Image.Image, resolution: int, mode: str, center_cro
     clipped (PIL's convert("L") clips it to 255). Without center_crop a non-square image keeps its long side; the
     batch takes a random crop."""
     top = 255 if bits == 8 else 65535
+    if img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
     if img.mode in SIXTEEN_BIT:  # resized as float, then rounded: no precision lost before the last step
         img = Image.fromarray(np.asarray(img, dtype=np.float32) * (top / 65535))
     else:
@@ -86,7 +90,12 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
         raise UserError("the dataset is empty; check --dataset_name/--train_data_dir, --split and --max_train_samples.")
     ds = ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(
         ds.features[image_column], datasets.Image) else ds
-    mode = choose_mode(open_image(ds[0][image_column]), image_mode)
+    modes = image_modes(ds, image_column)
+    # auto: the richest mode present, so one colour image among grayscale ones keeps the whole set in colour
+    mode = image_mode if image_mode != "auto" else ("L" if modes <= GRAY_MODES else "RGB")
+    if modes & ALPHA_MODES:
+        warnings.warn(f"some images have an alpha channel ({', '.join(sorted(modes & ALPHA_MODES))}); they are "
+                      "composited on white.", stacklevel=2)
 
     def decode_batch(batch):
         arrays = [resize_shorter_side(open_image(v), resolution, mode, center_crop, interpolation, bits)
@@ -96,6 +105,26 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
     ds = ds.map(decode_batch, batched=True, batch_size=256, remove_columns=ds.column_names,
                 desc=f"Decoding images at {resolution}px (once; cached)")
     return ds.with_transform(partial(_to_arrays, dtype=np.uint8 if bits == 8 else np.uint16))
+
+
+def image_modes(ds, image_column: str) -> set[str]:
+    """The PIL modes of every image, from their headers (cached by 🤗 datasets like the decoding)."""
+    def peek(batch):
+        return {"mode": [_peek_mode(v) for v in batch[image_column]]}
+
+    found = ds.map(peek, batched=True, batch_size=1024, remove_columns=ds.column_names, desc="Reading image modes")
+    return set(found.unique("mode"))
+
+
+def _peek_mode(value) -> str:
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        try:
+            with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as img:
+                return "PA" if img.mode == "P" and "transparency" in img.info else img.mode
+        except (UnidentifiedImageError, OSError, ValueError):
+            pass  # decoding names the file
+    img = open_image(value)
+    return "PA" if img.mode == "P" and "transparency" in img.info else img.mode
 
 
 def _to_arrays(batch, dtype=np.uint8):

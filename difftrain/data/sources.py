@@ -23,6 +23,9 @@ def _pick_split(ds, split: str, where: str):
         if split not in ds:
             raise UserError(f"{where} has splits {', '.join(ds)}; choose one with --split.")
         return ds[split]
+    if split != "train":  # a dataset without splits is one 'train' split: never pretend it is another
+        raise UserError(f"{where} has no splits (its rows count as 'train'), so --split {split} cannot be honoured; "
+                        "pass --split train to use its rows, or a DatasetDict with that split.")
     return ds
 
 

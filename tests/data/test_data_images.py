@@ -114,3 +114,28 @@ def test_preserve_input_precision_keeps_16_bits(tmp_path):
     eight_bit = images.prepare_images(_dataset([np.full((8, 8), 255, np.uint8)]), "image", 8, center_crop=True,
                                       image_mode="auto", bits=16)[0]["pixels"]
     assert eight_bit.dtype == np.uint16 and eight_bit.max() == 65535  # an 8-bit image in a 16-bit run: same range
+
+
+def test_a_colour_image_among_grayscale_ones_keeps_the_set_in_colour():
+    gray, colour = np.full((8, 8), 50, np.uint8), np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = 200
+    out = images.prepare_images(_dataset([gray, colour]), "image", 8, center_crop=True, image_mode="auto")
+    assert out[0]["pixels"].shape == (3, 8, 8) and int(out[1]["pixels"][0, 0, 0]) == 200  # red stays red
+    assert int(out[0]["pixels"][1, 0, 0]) == 50
+
+
+def test_alpha_is_composited_on_white_with_a_note():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4, :, 3] = 255  # top half opaque black, bottom half transparent
+    with pytest.warns(UserWarning, match="composited on white"):
+        out = images.prepare_images(_dataset([rgba]), "image", 8, center_crop=True, image_mode="auto")
+    pixels = out[0]["pixels"]
+    assert pixels.shape == (3, 8, 8) and pixels[:, :4].max() == 0 and pixels[:, 4:].min() == 255
+
+
+def test_a_dataset_without_splits_refuses_another_split(tmp_path):
+    folder = tmp_path / "single"
+    _dataset([np.zeros((8, 8), np.uint8)]).save_to_disk(str(folder))
+    assert len(sources.load_source(str(folder), None, split="train")) == 1
+    with pytest.raises(UserError, match="has no splits .* --split test cannot be honoured"):
+        sources.load_source(str(folder), None, split="test")

@@ -176,11 +176,13 @@ def load_classifier(path: str | Path, device="cpu") -> Classifier:
 
 def train_and_save(dataset_name: str, output_dir: str | Path, *, epochs: int = 3, batch_size: int = 128,
                    learning_rate: float = 2e-3, seed: int = 0, cache_dir=None, label_column="label",
-                   train_split="train", test_split="test", max_train_samples=None, device="cpu") -> Classifier:
+                   image_column=None, train_split="train", test_split="test", max_train_samples=None,
+                   device="cpu") -> Classifier:
     """train-classifier: train on one split, measure on another, save with the accuracy in config.json."""
-    train_x, train_y, labels = labelled_images(dataset_name, train_split, cache_dir=cache_dir,
-                                               label_column=label_column, num_samples=max_train_samples)
-    test_x, test_y, _ = labelled_images(dataset_name, test_split, cache_dir=cache_dir, label_column=label_column)
+    train_x, train_y, labels = labelled_images(dataset_name, train_split, cache_dir=cache_dir, label_column=label_column,
+                                               image_column=image_column, num_samples=max_train_samples)
+    test_x, test_y, _ = labelled_images(dataset_name, test_split, cache_dir=cache_dir, label_column=label_column,
+                                        image_column=image_column)
     start = time.perf_counter()
     network = train_classifier(train_x, train_y, len(labels), epochs=epochs, batch_size=batch_size,
                                learning_rate=learning_rate, seed=seed, device=device)
@@ -204,7 +206,8 @@ def train_classifier_command(cfg) -> Path:
         raise UserError(f"--output_dir {out} already holds a classifier; pass another folder or delete it.")
     classifier = train_and_save(cfg.dataset_name, out, epochs=cfg.num_epochs, batch_size=cfg.train_batch_size,
                                 learning_rate=cfg.learning_rate, seed=cfg.seed, cache_dir=cfg.cache_dir,
-                                label_column=cfg.label_column, train_split=cfg.train_split,
+                                label_column=cfg.label_column, image_column=cfg.image_column,
+                                train_split=cfg.train_split,
                                 test_split=cfg.test_split, max_train_samples=cfg.max_train_samples, device=device)
     accuracy = classifier.config["test_accuracy"]
     print(f"test accuracy {accuracy:.4f} on {cfg.dataset_name}/{cfg.test_split} → {out}")

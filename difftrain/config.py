@@ -488,6 +488,7 @@ class ClassifierConfig:
     dataset_name: str = opt("mnist", "Built-in name, save_to_disk folder or Hub id with image and label columns.",
                             aliases=["--dataset"])
     label_column: str = opt("label", "Column holding the class index.")
+    image_column: str | None = opt(None, "Column holding the images (default: the first image column).")
     train_split: str = opt("train", "Split to train on.")
     test_split: str = opt("test", "Split to measure the accuracy on.")
     cache_dir: str | None = opt(None, "Where 🤗 datasets caches.")

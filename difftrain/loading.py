@@ -195,8 +195,7 @@ def _apply_lora(unet, folder: Path, scale: float) -> None:
 def _load_lora_run(folder: Path, *, use_ema: bool, device, dtype, scale: float) -> Model:
     """A LoRA run folder or checkpoint: its base (training_config.yaml), its training scheduler, its adapters."""
     lora_folder, lora_weights, run = _lora_weights_folder(folder, use_ema)
-    config = run / "training_config.yaml"
-    base = (yaml.safe_load(config.read_text()) or {}).get("pretrained_model_name_or_path") if config.is_file() else None
+    base = run_config(run).get("pretrained_model_name_or_path")
     if not base:
         raise UserError(f"--model {folder}: LoRA weights without a training_config.yaml naming their base; pass "
                         f"--model BASE --lora {folder}.")
@@ -211,12 +210,23 @@ def _load_lora_run(folder: Path, *, use_ema: bool, device, dtype, scale: float) 
     return loaded
 
 
-def _trained_guidance(run: Path) -> float | None:
-    """The guidance scale the run drew its grids at: what the model was trained to be sampled with."""
+def run_config(run: Path) -> dict:
+    """The run's training_config.yaml as a mapping ({} when there is none); a broken one is named, not --config."""
     path = run / "training_config.yaml"
     if not path.is_file():
-        return None
-    value = (yaml.safe_load(path.read_text()) or {}).get("validation_guidance_scale")  # as the run resolved it
+        return {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not readable YAML ({first_line(e)}); restore it from the run or delete it.") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: not a mapping of option: value; restore it from the run or delete it.")
+    return values
+
+
+def _trained_guidance(run: Path) -> float | None:
+    """The guidance scale the run drew its grids at: what the model was trained to be sampled with."""
+    value = run_config(run).get("validation_guidance_scale")  # as the run resolved it
     return float(value) if isinstance(value, (int, float)) else None
 
 

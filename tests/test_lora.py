@@ -10,6 +10,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from conftest import captioned_dataset, run_script
+from test_train_text_to_image import sd_flags
 from difftrain import lora
 
 pytest.importorskip("peft")
@@ -21,11 +22,8 @@ def shapes(tmp_path_factory):
 
 
 def lora_flags(base, data, *extra):
-    return ["--pretrained_model_name_or_path", base, "--dataset_name", data, "--caption_column", "text",
-            "--resolution", 16, "--train_batch_size", 2, "--max_train_steps", 4, "--checkpointing_steps", 2,
-            "--validation_steps", 4, "--validation_inference_steps", 2, "--eval_batch_size", 2,
-            "--validation_prompts", "a red circle", "--learning_rate", 5e-2, "--lr_warmup_steps", 0,
-            "--report_to", "none", "--seed", 0, "--rank", 4, "--lora_alpha", 8, *extra]
+    # the fine-tune flags of test_train_text_to_image, with LoRA on and a learning rate adapters move at in 4 steps
+    return sd_flags(base, data, "--learning_rate", 5e-2, "--lr_warmup_steps", 0, "--rank", 4, "--lora_alpha", 8, *extra)
 
 
 def images(pipe, seed=0):

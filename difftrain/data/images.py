@@ -90,6 +90,12 @@ def prepare_images(ds, image_column: str, resolution: int, *, center_crop: bool,
         raise UserError("the dataset is empty; check --dataset_name/--train_data_dir, --split and --max_train_samples.")
     ds = ds.cast_column(image_column, datasets.Image(decode=False)) if isinstance(
         ds.features[image_column], datasets.Image) else ds
+    first = open_image(ds[0][image_column])
+    factor = resolution / min(first.size)
+    if factor > 4:  # an OOM an hour later is worse than a line now
+        warnings.warn(f"--resolution {resolution} enlarges the images (the first is {first.width}x{first.height}) "
+                      f"{factor:.0f}x on each side, {factor ** 2:.0f}x the pixels, memory and time per image.",
+                      stacklevel=2)
     modes = image_modes(ds, image_column)
     # auto: the richest mode present, so one colour image among grayscale ones keeps the whole set in colour
     mode = image_mode if image_mode != "auto" else ("L" if modes <= GRAY_MODES else "RGB")

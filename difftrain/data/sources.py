@@ -37,7 +37,11 @@ def _load_image_folder(folder: str, cache_dir: str | None):
         raise UserError(f"--train_data_dir {folder}: no such folder.")
     if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
         raise UserError(f"--train_data_dir {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    ds = datasets.load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir)
+    try:
+        ds = datasets.load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir)
+    except Exception as e:  # a malformed metadata.jsonl/csv, mixed columns ...
+        raise UserError(f"--train_data_dir {folder}: datasets cannot read it as an image folder ({first_line(e)}); "
+                        "check its metadata.jsonl (one JSON object a line, with file_name) or remove it.") from None
     return _pick_split(ds, "train", f"--train_data_dir {folder}")
 
 

@@ -139,3 +139,8 @@ def test_a_dataset_without_splits_refuses_another_split(tmp_path):
     assert len(sources.load_source(str(folder), None, split="train")) == 1
     with pytest.raises(UserError, match="has no splits .* --split test cannot be honoured"):
         sources.load_source(str(folder), None, split="test")
+
+
+def test_a_large_upscale_is_announced():
+    with pytest.warns(UserWarning, match="enlarges the images .* 8x on each side, 64x the pixels"):
+        images.prepare_images(_dataset([np.zeros((8, 8), np.uint8)]), "image", 64, center_crop=True, image_mode="auto")

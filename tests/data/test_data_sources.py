@@ -79,3 +79,12 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(UserError, match="holds no images"):
         sources.load_source(None, str(tmp_path))
+
+
+def test_a_malformed_metadata_file_is_one_line(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "ok"}\n{not json\n')
+    with pytest.raises(UserError, match="cannot read it as an image folder .* metadata.jsonl"):
+        sources.load_source(None, str(tmp_path))

@@ -87,7 +87,7 @@ def train_overfit(data_dir, out, prediction_type="epsilon", steps=600, extra=())
         "--prediction_type", prediction_type, "--train_batch_size", 64, "--max_train_steps", steps,
         "--learning_rate", 2e-3, "--lr_scheduler", "constant", "--lr_warmup_steps", 0, "--use_ema",
         "--checkpointing_steps", 10_000, "--validation_steps", 10_000, "--save_model_epochs", 10_000,
-        "--report_to", "none", "--seed", 0, *extra,
+        "--report_to", "none", "--seed", 0, "--mixed_precision", "no", *extra,
     ]) == 0
     return Path(out)
 

@@ -81,14 +81,3 @@ def test_two_config_files_merge_in_order(tmp_path):
     cfg = config.parse(config.TrainConfig, ["--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.yaml")])
     assert (cfg.learning_rate, cfg.train_batch_size) == (0.02, 4)
 
-
-def test_an_empty_saved_dataset_is_one_line(tmp_path, capsys):
-    import datasets
-
-    import train_unconditional
-
-    folder = tmp_path / "empty"
-    datasets.Dataset.from_dict({"image": []}, features=datasets.Features(image=datasets.Image())).save_to_disk(str(folder))
-    assert run_script(train_unconditional, [*TINY, "--dataset_name", folder, "--output_dir", tmp_path / "run"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: the dataset is empty") and not (tmp_path / "run").exists()

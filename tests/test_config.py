@@ -107,7 +107,7 @@ def _readme_defaults(section: str) -> dict:
 def test_readme_flag_tables_state_the_code_defaults():
     readme = (__import__("conftest").ROOT / "README.md").read_text()
     unconditional, text = readme.split("## Text-to-image", 1)
-    for cls, section in ((TrainConfig, unconditional), (config.TextToImageConfig, text.split("## Sampling")[0])):
+    for cls, section in ((TrainConfig, unconditional), (config.TextToImageConfig, text.split("## LoRA")[0])):
         documented = _readme_defaults(section)
         for name, f in config.fields_of(cls).items():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -63,7 +63,7 @@ def test_conditional_overfit_each_caption_gives_its_own_image(tmp_path, train_te
         "--dataset_name", data, "--output_dir", out, "--resolution", OVERFIT_SIZE, "--unet", unet,
         "--train_batch_size", 64, "--max_train_steps", 500, "--learning_rate", 2e-3, "--lr_scheduler", "constant",
         "--lr_warmup_steps", 0, "--use_ema", "--checkpointing_steps", 10_000, "--validation_steps", 10_000,
-        "--save_model_epochs", 10_000, "--report_to", "none", "--seed", 0,
+        "--save_model_epochs", 10_000, "--report_to", "none", "--seed", 0, "--mixed_precision", "no",
         "--validation_prompts", "a red circle", "a blue square") == 0
     pipe = TextToImagePipeline.from_pretrained(out)
     ddim = scheduler_from_training_config("ddim", pipe.scheduler.config)

@@ -120,7 +120,7 @@ def sd_flags(pretrained, data, *extra):
             "--resolution", 16, "--train_batch_size", 2, "--max_train_steps", 4, "--checkpointing_steps", 2,
             "--validation_steps", 4, "--validation_inference_steps", 3, "--eval_batch_size", 2,
             "--validation_prompts", "a red circle", "--learning_rate", 1e-3, "--lr_scheduler", "cosine",
-            "--lr_warmup_steps", 1, "--report_to", "none", "--seed", 0, *extra]
+            "--lr_warmup_steps", 1, "--report_to", "none", "--seed", 0, "--mixed_precision", "no", *extra]
 
 
 def test_finetune_sd_resume_is_exact_and_writes_a_stable_diffusion_folder(tiny_sd_pipeline, shapes_16px, tmp_path,

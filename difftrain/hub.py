@@ -63,12 +63,10 @@ The full training configuration is in `training_config.yaml`.
 USAGE = {
     "DDPMPipeline": 'from diffusers import DiffusionPipeline\n\npipeline = DiffusionPipeline.from_pretrained("{repo_id}")\n'
                     'images = pipeline(batch_size=4, num_inference_steps=50).images',
-    "StableDiffusionPipeline": 'from diffusers import StableDiffusionPipeline\n\n'
-                               'pipeline = StableDiffusionPipeline.from_pretrained("{repo_id}")\n'
+    # text-to-image: {loader} is LOADERS' line (TextToImagePipeline ships with difftrain)
+    "StableDiffusionPipeline": '{loader}\n\npipeline = StableDiffusionPipeline.from_pretrained("{repo_id}")\n'
                                'images = pipeline("{prompt}", guidance_scale={guidance}).images',
-    # pixel-space text-to-image: the pipeline class ships with difftrain (pip install difftrain's requirements)
-    "TextToImagePipeline": 'from difftrain.pipelines import TextToImagePipeline\n\n'
-                           'pipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
+    "TextToImagePipeline": '{loader}\n\npipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
                            'images = pipeline("{prompt}", guidance_scale={guidance}).images',
 }
 LOADERS = {"StableDiffusionPipeline": "from diffusers import StableDiffusionPipeline",

@@ -69,11 +69,9 @@ class Maintenance:
         """A clean stop at an update boundary: a checkpoint of this step (--checkpoint_on_interrupt), one line."""
         run, cfg = self.run, self.cfg
         saved = None
-        if cfg.checkpoint_on_interrupt and run.global_step % cfg.checkpointing_steps == 0:
-            saved = run.out / f"checkpoint-{run.global_step}"  # just written
-        elif cfg.checkpoint_on_interrupt:
-            with rng_untouched():
-                saved = self.checkpoint(epoch)
+        if cfg.checkpoint_on_interrupt:  # this step's, unless after_update just wrote it
+            just_written = run.global_step % cfg.checkpointing_steps == 0
+            saved = run.out / f"checkpoint-{run.global_step}" if just_written else self.checkpoint(epoch)
         self.progress.close()
         self.accelerator.end_training()
         last = saved or (checkpoints.list_checkpoints(run.out) or [None])[-1]

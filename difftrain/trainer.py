@@ -180,7 +180,8 @@ def set_up(cfg, build_recipe) -> Run:
     recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
     _speed_options(cfg, recipe.model, accelerator)
     if resume is not None:  # before the run folder is touched
-        checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg), batch=checkpoints.batch_geometry(cfg, accelerator))
+        checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
+                                    batch=checkpoints.batch_geometry(cfg, accelerator))
     if accelerator.is_main_process:
         _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg), **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)

@@ -18,7 +18,8 @@ class ShippingWeights:
         self.model = model  # the unwrapped network being trained
         self.device, self.offload = torch.device(device), offload
         self.ema = None
-        self.whole_model = all(p.requires_grad for p in model.parameters())  # else adapters (LoRA) on a frozen base
+        self._trained = [p for p in model.parameters() if p.requires_grad]  # fixed for the run: listed once
+        self.whole_model = len(self._trained) == len(list(model.parameters()))  # else adapters (LoRA) on a frozen base
         if use_ema:
             # warm-up (decay 1 - (1 + step / inv_gamma) ** -power, capped at max_decay) so a short run's average is
             # not dominated by its random start. The whole model's EMA saves as a UNet (save_pretrained); adapters'
@@ -38,7 +39,7 @@ class ShippingWeights:
             self.ema.pin_memory()
 
     def trained(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return self._trained
 
     def update(self) -> None:
         """After each optimizer update."""

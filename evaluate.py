@@ -17,10 +17,10 @@ names, per digit and overall. Make the classifier with:
 
 import sys
 
-from difftrain import classifier, config, evaluation
+from difftrain import classifier, config, evaluation, inference_config
 from difftrain.cli import run
 
-SUBCOMMANDS = {"train-classifier": (config.ClassifierConfig, classifier.train_classifier_command)}
+SUBCOMMANDS = {"train-classifier": (inference_config.ClassifierConfig, classifier.train_classifier_command)}
 
 
 def main(argv: list[str]) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         cls, command = SUBCOMMANDS[argv[0]]
         command(config.parse(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}"))
         return
-    evaluation.evaluate(config.parse(config.EvaluateConfig, argv, description=__doc__))
+    evaluation.evaluate(config.parse(inference_config.EvaluateConfig, argv, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ MODEL/samples/<scheduler>-<steps>/). Image k comes from seed + k alone, whatever
 
 import sys
 
-from difftrain import config, sampling
+from difftrain import config, inference_config, sampling
 from difftrain.cli import run
 
 
 def main(argv: list[str]) -> None:
-    cfg = config.parse(config.SampleConfig, argv, description=__doc__)
+    cfg = config.parse(inference_config.SampleConfig, argv, description=__doc__)
     sampling.sample(cfg)
 
 

@@ -15,7 +15,7 @@ from difftrain.unconditional import build_recipe
 
 
 def main(argv: list[str]) -> None:
-    cfg = config.parse(config.TrainConfig, argv, description=__doc__)
+    cfg = config.parse(config.UnconditionalConfig, argv, description=__doc__)
     trainer.train(cfg, build_recipe)
 
 

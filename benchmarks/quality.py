@@ -1,5 +1,5 @@
 """What a trained model is worth: FID/KID against the test split beside the real-vs-real floor at the same N,
-legibility and mode coverage (the project's MNIST classifier), prompt accuracy for text models, and what the
+legibility and mode coverage (the project's MNIST classifier), prompt accuracy for text models (class accuracy for class models), and what the
 training cost. One markdown row (appended to RESULTS/quality.md), a JSON record and a 10×10 grid PNG.
 
     python benchmarks/quality.py --model runs/mnist -- train_unconditional.py --config configs/mnist.yaml
@@ -28,7 +28,7 @@ import torch
 
 from difftrain import metrics
 from difftrain.classifier import load_classifier, predict_proba, train_and_save
-from difftrain.config import SampleConfig
+from difftrain.inference_config import SampleConfig
 from difftrain.scoring import class_prompts
 from difftrain.pipelines import image_grid
 from difftrain.loading import load_model, resolve_guidance
@@ -146,8 +146,9 @@ def generate(model, args, device, prompts: list[str]) -> tuple[np.ndarray, dict]
 def score(args, device) -> dict:
     model = load_model(args.model, device=device)
     classifier = classifier_for(args.classifier, args.dataset_name, device)
-    prompts = class_prompts([args.prompt_template], classifier.labels) \
-        if model.conditional else []
+    # image k shows class k mod 10: named by a prompt (text models) or by its class (class models, in label order)
+    prompts = list(model.class_names) if model.class_names is not None else \
+        class_prompts([args.prompt_template], classifier.labels) if model.conditional else []
     args.guidance_scale = resolve_guidance(model, args.guidance_scale)
     images, record = generate(model, args, device, prompts)
     probs = predict_proba(classifier, images)

@@ -14,6 +14,7 @@ import torch
 from . import metrics
 from .classifier import load_classifier, prompt_accuracy
 from .errors import UserError
+from .inference_config import EvaluateConfig
 from .loading import Model, load_model, resolve_guidance
 from .sampling import package_versions
 from .schedulers import default_scheduler
@@ -50,7 +51,7 @@ def estimate_cpu_seconds(model: Model | None, cfg, *, images: int, steps: int, r
         x = torch.zeros(batch, *model.image_shape, device=device)
         kwargs = {}
         if model.conditional:
-            kwargs["encoder_hidden_states"] = model.encode_prompts(["a"] * batch)
+            kwargs[model.condition_key] = model.encode_prompts([""] * batch)
         with torch.no_grad():
             model.unet(x, torch.tensor(1, device=device), **kwargs)
             start = time.perf_counter()
@@ -99,19 +100,18 @@ def evaluate(cfg) -> Path:
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale)
     if cfg.guidance_scale is not None and not model.conditional:
-        raise UserError(f"--guidance_scale steers text-conditional models; {cfg.model} is unconditional "
+        raise UserError(f"--guidance_scale steers text- and class-conditional models; {cfg.model} is unconditional "
                         f"({type(model.unet).__name__}); drop --guidance_scale.")
     # resolved into a copy, so metrics.json records it and the caller's config stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:
-        raise UserError(f"--classifier scores text-conditional models; {cfg.model} is unconditional "
+        raise UserError(f"--classifier scores text- and class-conditional models; {cfg.model} is unconditional "
                         f"({type(model.unet).__name__}); drop --classifier.")
     if model.conditional and model.encode_prompts is None:
         raise UserError(f"{cfg.model}: a text-conditional UNet without text_encoder/ and tokenizer/ beside it; "
                         "pass the text-to-image run's output_dir.")
     classifier = load_classifier(cfg.classifier, device=device) if cfg.classifier else None
-    prompts = class_prompts(cfg.prompt_template, classifier.labels if classifier else None) \
-        if model.conditional else []
+    prompts = _conditions(cfg, model, classifier)
     resolution = cfg.resolution or model.image_shape[1]
     runs = sweep_runs(cfg, model) if cfg.sweep else \
         [(cfg.scheduler or default_scheduler(model.scheduler_config), cfg.num_inference_steps)]
@@ -136,6 +136,20 @@ def evaluate(cfg) -> Path:
         return out
     return run_sweep(cfg, model, runs, out, ref, common, resolution=resolution, device=device, prompts=prompts,
                      classifier=classifier)
+
+
+def _conditions(cfg, model: Model, classifier) -> list[str]:
+    """Image k's prompt (text models) or class name (class models) is entry k mod P: class k mod 10 each way, so the
+    classifier's reading of image k is compared with class k mod (its classes)."""
+    if model.class_names is None:
+        return class_prompts(cfg.prompt_template, classifier.labels if classifier else None) if model.conditional else []
+    if cfg.prompt_template != EvaluateConfig().prompt_template:
+        raise UserError(f"--prompt_template phrases prompts; {cfg.model} is class-conditional (its classes are "
+                        "sampled in order); drop --prompt_template.")
+    if classifier and len(classifier.labels) != len(model.class_names):
+        raise UserError(f"--classifier {cfg.classifier} reads {len(classifier.labels)} classes but {cfg.model} has "
+                        f"{len(model.class_names)}; train one on the model's dataset (evaluate.py train-classifier).")
+    return list(model.class_names)
 
 
 def evaluate_samples(cfg, device) -> Path:

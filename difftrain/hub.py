@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from .classes import CLASS_GUIDANCE
 from .config import grid_guidance, uses_ema
 from .errors import UserError
 from .utils import first_line
@@ -26,14 +27,15 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         library_name="diffusers",
         license="apache-2.0",
         tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"]
-        + (["text-to-image"] if pipeline_class != "DDPMPipeline" else []) + (["lora"] if rank else []),
+        + {"DDPMPipeline": ["unconditional-image-generation"], "ClassConditionalPipeline": ["class-conditional"]}.get(
+            pipeline_class, ["text-to-image"]) + (["lora"] if rank else []),
         datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
         base_model=cfg.pretrained_model_name_or_path or None,
     )
     picture = f"\n![samples]({grid})\n" if grid else ""
     usage = (LORA_USAGE if rank else USAGE.get(pipeline_class, USAGE["DDPMPipeline"])).format(
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
-        guidance=grid_guidance(getattr(cfg, "validation_guidance_scale", None), cfg.pretrained_model_name_or_path),
+        guidance=_guidance(cfg, pipeline_class),
         base=cfg.pretrained_model_name_or_path, loader=LOADERS.get(pipeline_class, LOADERS["StableDiffusionPipeline"]),
         pipeline_class=pipeline_class)
     what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
@@ -68,13 +70,24 @@ USAGE = {
                                'images = pipeline("{prompt}", guidance_scale={guidance}).images',
     "TextToImagePipeline": '{loader}\n\npipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
                            'images = pipeline("{prompt}", guidance_scale={guidance}).images',
+    "ClassConditionalPipeline": '{loader}\n\npipeline = ClassConditionalPipeline.from_pretrained("{repo_id}")\n'
+                                'images = pipeline(class_labels=pipeline.class_names[:4], guidance_scale={guidance}).images',
 }
 LOADERS = {"StableDiffusionPipeline": "from diffusers import StableDiffusionPipeline",
-           "TextToImagePipeline": "from difftrain.pipelines import TextToImagePipeline"}
+           "TextToImagePipeline": "from difftrain.pipelines import TextToImagePipeline",
+           "ClassConditionalPipeline": "from difftrain.pipelines import ClassConditionalPipeline"}
 # a LoRA run's folder holds the adapters only: load its base, then the adapters on top
 LORA_USAGE = ('{loader}\n\npipeline = {pipeline_class}.from_pretrained("{base}")\n'
               'pipeline.load_lora_weights("{repo_id}")\n'
               'images = pipeline("{prompt}", guidance_scale={guidance}).images')
+
+
+def _guidance(cfg, pipeline_class: str) -> float:
+    """The guidance scale the run's grids used: the one to sample it at."""
+    asked = getattr(cfg, "validation_guidance_scale", None)
+    if pipeline_class == "ClassConditionalPipeline":
+        return asked if asked is not None else CLASS_GUIDANCE
+    return grid_guidance(asked, cfg.pretrained_model_name_or_path)
 
 
 def push_folder(api, folder, *, repo_id: str, token: str | None, private: bool, card: str,

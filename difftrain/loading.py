@@ -15,6 +15,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 
+from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .lora import WEIGHT_NAME as LORA_FILE
 from .utils import first_line
@@ -35,11 +36,17 @@ class Model:
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: latents → images in [-1, 1]
-    guidance_scale: float | None = None  # text models: the scale its run sampled its grids at (training_config.yaml)
+    guidance_scale: float | None = None  # text/class models: the scale its run sampled its grids at
+    class_names: list[str] | None = None  # class-conditional models: what --class_label names
 
     @property
     def conditional(self) -> bool:
-        return isinstance(self.unet, UNet2DConditionModel)
+        return isinstance(self.unet, UNet2DConditionModel) or self.class_names is not None
+
+    @property
+    def condition_key(self) -> str:
+        """The UNet argument the encoded prompts or class ids go to."""
+        return "class_labels" if self.class_names is not None else "encoder_hidden_states"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -95,9 +102,21 @@ def _load_unet(folder: Path, dtype: torch.dtype):
             unet = UNET_CLASSES[class_name].from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as e:
         raise UserError(f"{folder}: cannot load the UNet weights ({first_line(e)}).") from None
-    if unet.config.get("num_class_embeds") or unet.config.get("class_embed_type"):
-        raise UserError(f"{folder}: a class-conditional UNet; sample.py does not pass class labels yet.")
+    if isinstance(unet, UNet2DModel) and unet.config.get("class_embed_type"):
+        raise UserError(f"{folder}: a UNet2DModel with class_embed_type {unet.config.class_embed_type}; sample.py "
+                        "samples class models with num_class_embeds (train_unconditional.py --class_conditional).")
     return unet
+
+
+def _class_names(unet, folder: Path, run: Path) -> list[str] | None:
+    """A class model's class names: its pipeline's model_index.json, else its run's training_config.yaml (a
+    checkpoint), else their ids; None for any other model. The last class embedding is "no class"."""
+    if not isinstance(unet, UNet2DModel) or not unet.config.get("num_class_embeds"):
+        return None
+    index = folder / "model_index.json"
+    names = json.loads(index.read_text()).get("class_names") if index.is_file() else None
+    names = names or run_config(run).get("class_names")
+    return [str(n) for n in names] if names else [str(k) for k in range(unet.config.num_class_embeds - 1)]
 
 
 def training_scheduler_config(folder: Path) -> dict:
@@ -161,7 +180,13 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     scheduler_folder = folder if (folder / "scheduler").is_dir() else run  # checkpoints before this version: the run's
     loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
-                   decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run))
+                   decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run),
+                   class_names=_class_names(unet, folder, run))
+    if loaded.class_names is not None:  # names → class ids; "" (the unconditional half of guidance) → "no class"
+        from .classes import label_ids
+
+        names = loaded.class_names
+        loaded.encode_prompts = lambda labels: torch.tensor(label_ids(labels, names), device=device)
     if lora:
         lora_folder, lora_weights, _ = _lora_weights_folder(local_folder(lora), use_ema)
         _apply_lora(loaded.unet, lora_folder, lora_scale)
@@ -231,7 +256,10 @@ def _trained_guidance(run: Path) -> float | None:
 
 
 def resolve_guidance(model: Model, requested: float | None) -> float:
-    """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5."""
+    """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5
+    (CLASS_GUIDANCE for a class model)."""
     if requested is not None:
         return requested
-    return model.guidance_scale if model.guidance_scale is not None else 7.5
+    if model.guidance_scale is not None:
+        return model.guidance_scale
+    return CLASS_GUIDANCE if model.class_names is not None else 7.5

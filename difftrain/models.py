@@ -76,6 +76,8 @@ def _check_forward(unet, channels: int, resolution: int, context_width: int | No
     one line, instead of at the first training step."""
     x = torch.zeros(1, channels, resolution, resolution)
     kwargs = {"encoder_hidden_states": torch.zeros(1, 1, context_width)} if context_width else {}
+    if unet.config.get("num_class_embeds"):  # a class-conditional UNet2DModel needs its labels
+        kwargs["class_labels"] = torch.tensor([0])
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             unet(x, torch.tensor([0]), **kwargs)

@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image, ImageDraw
 
+from .classes import CLASS_GUIDANCE
 from .data.images import to_uint8
 
 
@@ -93,21 +94,35 @@ def unet_predictor(unet) -> Callable:
     return lambda x, t: unet(x.to(unet.dtype), t).sample.to(x.dtype)
 
 
-def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> Callable:
-    """predict(x_t, t) for a text-conditional UNet (UNet2DConditionModel) with classifier-free guidance:
-    out = uncond + scale * (cond - uncond), with the unconditional and conditional halves in ONE batched forward.
-    cond/uncond: encoder hidden states (batch, tokens, dim) for the images of this batch; uncond None or
-    scale 1 means no guidance (one forward of the conditional half only)."""
+def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float,
+                     key: str = "encoder_hidden_states") -> Callable:
+    """predict(x_t, t) with classifier-free guidance: out = uncond + scale * (cond - uncond), with the unconditional
+    and conditional halves in ONE batched forward. cond/uncond go to the UNet as `key`: encoder hidden states
+    (batch, tokens, dim) of a text UNet, or class ids (batch,) of a class-conditional one; uncond None or scale 1
+    means no guidance (one forward of the conditional half only)."""
+    def as_input(c):  # hidden states in the network's dtype; class ids stay integers
+        return c.to(unet.dtype) if c.is_floating_point() else c
+
     if uncond is None or guidance_scale == 1.0:
-        return lambda x, t: unet(x.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.to(x.dtype)
-    states = torch.cat([uncond, cond]).to(unet.dtype)
+        return lambda x, t: unet(x.to(unet.dtype), t, **{key: as_input(cond)}).sample.to(x.dtype)
+    both = as_input(torch.cat([uncond, cond]))
 
     def predict(x, t):
-        out = unet(torch.cat([x, x]).to(unet.dtype), t, encoder_hidden_states=states).sample.to(x.dtype)
+        out = unet(torch.cat([x, x]).to(unet.dtype), t, **{key: both}).sample.to(x.dtype)
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     return predict
+
+
+def _pipeline_output(images_u8: torch.Tensor, output_type: str):
+    """diffusers' ImagePipelineOutput of uint8 NCHW images: PIL images, or float NHWC in [0, 1] for "np"."""
+    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+    images = images_u8.permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == "np":
+        return ImagePipelineOutput(images=images.astype(np.float32) / 255.0)
+    return ImagePipelineOutput(images=[Image.fromarray(i[:, :, 0] if i.shape[2] == 1 else i) for i in images])
 
 
 class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -131,8 +146,6 @@ class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, num_inference_steps: int = 50,
                  guidance_scale: float = 1.25, num_images_per_prompt: int = 1, seed: int = 0, output_type: str = "pil"):
-        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-
         from .latents import decode
         from .text import TextEncoder
 
@@ -144,7 +157,38 @@ class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
         x = generate(guided_predictor(self.unet, cond, uncond, guidance_scale), self.scheduler, shape,
                      list(range(seed, seed + len(prompts))), num_inference_steps, self.device)
-        images = to_uint8(decode(self.vae, x) if self.vae is not None else x).permute(0, 2, 3, 1).cpu().numpy()
-        if output_type == "np":
-            return ImagePipelineOutput(images=images.astype(np.float32) / 255.0)
-        return ImagePipelineOutput(images=[Image.fromarray(i[:, :, 0] if i.shape[2] == 1 else i) for i in images])
+        return _pipeline_output(to_uint8(decode(self.vae, x) if self.vae is not None else x), output_type)
+
+
+class ClassConditionalPipeline(DiffusionPipeline):
+    """A UNet2DModel with class embeddings (`num_class_embeds` = classes + 1; the last is "no class"), sampled with
+    classifier-free guidance: what `train_unconditional.py --class_conditional` writes.
+
+        pipe = ClassConditionalPipeline.from_pretrained("ddpm-mnist-classes")
+        images = pipe(class_labels=["7", "7", "3"]).images   # names (pipe.class_names) or ids
+
+    Image k comes from a generator seeded `seed + k` alone, as in sample.py; the saved scheduler is the training
+    DDPM (swap it the diffusers way, e.g. `EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)`)."""
+
+    def __init__(self, unet, scheduler, class_names: list[str] | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config.class_names or [str(k) for k in range(self.unet.config.num_class_embeds - 1)]
+
+    @torch.no_grad()
+    def __call__(self, class_labels: int | str | list, guidance_scale: float = CLASS_GUIDANCE,
+                 num_inference_steps: int = 50, seed: int = 0, output_type: str = "pil"):
+        from .classes import label_ids
+
+        requested = class_labels if isinstance(class_labels, list) else [class_labels]
+        ids = torch.tensor(label_ids([str(c) for c in requested], self.class_names, "class_labels"), device=self.device)
+        null = torch.full_like(ids, len(self.class_names)) if guidance_scale != 1.0 else None
+        size = self.unet.config.sample_size
+        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        x = generate(guided_predictor(self.unet, ids, null, guidance_scale, key="class_labels"), self.scheduler, shape,
+                     list(range(seed, seed + len(ids))), num_inference_steps, self.device)
+        return _pipeline_output(to_uint8(x), output_type)

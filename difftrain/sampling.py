@@ -53,6 +53,26 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
+def conditions(model: Model, cfg) -> list[str]:
+    """What image k is conditioned on (entry k mod L): the prompts of a text model, the class names of a class
+    model (--class_label; unset: every class in turn), nothing for an unconditional one; flags that do not fit the
+    model are refused."""
+    prompts = read_prompts(cfg)
+    if model.class_names is None:
+        if cfg.class_label:
+            raise UserError(f"--class_label given, but {cfg.model} is not a class-conditional model; drop it"
+                            f"{' (text models take --prompt)' if model.conditional else ''}.")
+        check_conditioning(model, prompts, cfg)
+        return prompts
+    from .classes import label_ids
+
+    flag = "--prompt/--prompt_file" if prompts else "--negative_prompt" if cfg.negative_prompt else None
+    if flag:
+        raise UserError(f"{flag} given, but {cfg.model} is a class-conditional model; pass --class_label NAME "
+                        f"(its classes: {', '.join(model.class_names[:20])}) or --class_label all.")
+    return [model.class_names[k] for k in label_ids(cfg.class_label or ["all"], model.class_names)]
+
+
 def check_conditioning(model: Model, prompts: list[str], cfg) -> None:
     """Prompts go with text-conditional models only, and those need prompts."""
     name = type(model.unet).__name__
@@ -78,7 +98,7 @@ def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt
         return unet_predictor(model.unet)
     cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
     uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
-    return guided_predictor(model.unet, cond, uncond, guidance_scale)
+    return guided_predictor(model.unet, cond, uncond, guidance_scale, key=model.condition_key)
 
 
 @dataclass
@@ -149,14 +169,14 @@ def package_versions() -> dict:
     return versions
 
 
-def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None) -> str:
+def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, flag: str = "prompt") -> str:
     """The sample.py command line that makes this one image again (as image 0 of a one-image run)."""
     args = ["python", "sample.py", "--model", cfg.model, "--scheduler", scheduler_name,
             "--num_inference_steps", cfg.num_inference_steps, "--seed", seed, "--num_images", 1]
     optional = {"no_ema": cfg.no_ema or None, "eta": cfg.eta or None, "timestep_spacing": cfg.timestep_spacing,
                 "use_karras_sigmas": cfg.use_karras_sigmas, "clip_sample": cfg.clip_sample,
                 "thresholding": cfg.thresholding, "dtype": None if cfg.dtype == "fp32" else cfg.dtype,
-                "prompt": prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
+                flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
                 "guidance_scale": cfg.guidance_scale if prompt else None, "lora": cfg.lora,
                 "lora_scale": cfg.lora_scale if cfg.lora and cfg.lora_scale != 1.0 else None}
     for key, value in optional.items():
@@ -171,16 +191,17 @@ def metadata_records(cfg, model: Model, scheduler_name: str, scheduler, files: l
     versions = package_versions()
     options = sampling_options(scheduler)
     records = []
+    flag = "class_label" if model.class_names is not None else "prompt"
     for k, (file, seed) in enumerate(zip(files, seeds)):
         prompt = prompts[k % len(prompts)] if prompts else None
         records.append({
             "file": file, "index": k, "seed": seed, "scheduler": scheduler_name,
             "scheduler_class": type(scheduler).__name__, "steps": cfg.num_inference_steps, "eta": cfg.eta,
             "scheduler_options": options, "guidance_scale": cfg.guidance_scale if prompt else None,
-            "prompt": prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
+            flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
             "model": cfg.model, "model_path": str(model.path), "weights": model.weights, "dtype": cfg.dtype,
             "device": str(device), "versions": versions,
-            "command": regenerate_command(cfg, scheduler_name, seed, prompt),
+            "command": regenerate_command(cfg, scheduler_name, seed, prompt, flag),
         })
     return records
 
@@ -194,11 +215,11 @@ def sample(cfg) -> Path | None:
     if cfg.list_schedulers:
         print(describe_schedulers())
         return None
-    prompts = read_prompts(cfg)
+    read_prompts(cfg)  # an unreadable --prompt_file fails before the model loads
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale)
-    check_conditioning(model, prompts, cfg)
+    prompts = conditions(model, cfg)
     # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.scheduler == "all":

@@ -21,7 +21,7 @@ from . import checkpoints, config, hub
 from .data import EpochSampler, collate
 from .errors import UserError
 from .maintenance import Maintenance, StopRequests
-from .utils import check_writable
+from .utils import check_writable, default_mixed_precision
 from .weights import ShippingWeights
 
 
@@ -183,7 +183,8 @@ def set_up(cfg, build_recipe) -> Run:
         checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
                                     batch=checkpoints.batch_geometry(cfg, accelerator))
     if accelerator.is_main_process:
-        _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg), **recipe.resolved},
+        _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg),
+                                                         "mixed_precision": accelerator.mixed_precision, **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
 
@@ -227,10 +228,13 @@ def set_up(cfg, build_recipe) -> Run:
 def _accelerator(cfg, out: Path) -> Accelerator:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=cfg.mixed_precision or default_mixed_precision(),
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
     )
+    if cfg.mixed_precision is None and accelerator.mixed_precision != os.environ.get("ACCELERATE_MIXED_PRECISION", "no"):
+        accelerator.print(f"note: bf16 mixed precision, which this {accelerator.device.type.upper()} computes natively "
+                          "(--mixed_precision no for fp32).")
     if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < (os.cpu_count() or 1):
         accelerator.print(
             f"note: training on {torch.get_num_threads()} CPU thread(s) per process of {os.cpu_count()} cores; "

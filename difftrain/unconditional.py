@@ -1,14 +1,19 @@
-"""The unconditional recipe: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline."""
+"""The recipe of train_unconditional.py: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline; with
+--class_conditional, a UNet2DModel with class embeddings trained for classifier-free guidance, saved as a
+ClassConditionalPipeline."""
 
 from __future__ import annotations
 
+import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from .data import augment, load_training_images
+from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, label_ids, read_labels
+from .data import augment, decode_images, load_source_dataset
+from .errors import UserError
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
 from .data import to_uint8
-from .pipelines import generate, image_grid, unet_predictor
+from .pipelines import ClassConditionalPipeline, generate, guided_predictor, image_grid, unet_predictor
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .trainer import Recipe
 
@@ -25,41 +30,79 @@ def unet_architecture(cfg) -> dict:
     return cfg.unet
 
 
-def make_unet(cfg, architecture: dict, channels: int) -> UNet2DModel:
+def make_unet(cfg, architecture: dict, channels: int, num_classes: int | None) -> UNet2DModel:
+    """A fresh UNet (with num_classes + 1 class embeddings for a class model: the last is "no class"), or the
+    pretrained one, whose class embeddings must match the data's classes."""
+    embeds = num_classes + 1 if num_classes else None
     if cfg.pretrained_model_name_or_path:
-        return load_pretrained_unet(cfg.pretrained_model_name_or_path)
-    return build_unet(architecture, resolution=cfg.resolution, channels=channels)
+        unet = load_pretrained_unet(cfg.pretrained_model_name_or_path)
+        if unet.config.get("num_class_embeds") != embeds:
+            has = unet.config.get("num_class_embeds") or 0
+            wants = f"{embeds} (the data's {num_classes} classes and 'no class')" if embeds else "none (no --class_conditional)"
+            raise UserError(f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path}: its UNet has {has} "
+                            f"class embeddings, this run needs {wants}; continue it with the flags it was trained with.")
+        return unet
+    if embeds and architecture.get("num_class_embeds", embeds) != embeds:
+        raise UserError(f"unet.num_class_embeds is {architecture['num_class_embeds']} but the data has {num_classes} "
+                        f"classes (+1 for no class); drop it from the config.")
+    extra = {"num_class_embeds": embeds} if embeds else {}
+    return build_unet(architecture, resolution=cfg.resolution, channels=channels, **extra)
 
 
 def build_recipe(cfg, accelerator) -> Recipe:
     architecture = unet_architecture(cfg)
     check_resolution(cfg.resolution, architecture)
     with accelerator.main_process_first():  # rank 0 decodes and caches; the others then read the cache
-        dataset = load_training_images(cfg)
-    unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0])
+        source = load_source_dataset(cfg)
+        labels, names = read_labels(source, cfg.label_column) if cfg.class_conditional else (None, None)
+        dataset = decode_images(cfg, source)
+    unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0], num_classes=len(names) if names else None)
     scheduler = noise_scheduler_for(cfg)  # for EDM: an EDMEulerScheduler, so sampling applies the same scalings
     objective = objective_for(cfg, scheduler)
+    device = accelerator.device
+    guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else CLASS_GUIDANCE
 
     def loss(model, batch):
-        x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=accelerator.device)
-        return objective.loss(lambda x, t: model(x, t).sample, x0)
+        x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=device)
+        if names is None:
+            return objective.loss(lambda x, t: model(x, t).sample, x0)
+        y = drop_labels(batch["label"].to(device), cfg.label_dropout, null_id=len(names))
+        return objective.loss(lambda x, t: model(x, t, class_labels=y).sample, x0)
 
-    def generate_images(model, seeds, prompts=None):
+    def generate_images(model, seeds, prompts=None):  # prompts: class names, for a class model
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
-        param = next(model.parameters())
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
-        return to_uint8(generate(unet_predictor(model), sampler, shape, seeds, cfg.validation_inference_steps,
-                                 param.device))
+        if names is None:
+            predict = unet_predictor(model)
+        else:
+            ids = torch.tensor(label_ids(prompts, names), device=device)
+            predict = guided_predictor(model, ids, torch.full_like(ids, len(names)), guidance, key="class_labels")
+        return to_uint8(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device))
+
+    def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class
+        if names is None:
+            return image_grid(generate_images(model, list(range(cfg.eval_batch_size))))
+        columns = names[:10]
+        shown = [c for _ in range(-(-cfg.eval_batch_size // len(columns))) for c in columns]
+        return image_grid(generate_images(model, list(range(len(shown))), shown), cols=len(columns))
+
+    def save_pipeline(model, folder) -> None:
+        if names is None:
+            DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
+        else:
+            ClassConditionalPipeline(unet=model, scheduler=scheduler, class_names=names).save_pretrained(folder)
 
     return Recipe(
         model=unet,
         generate=generate_images,
-        dataset=dataset,
+        dataset=dataset if names is None else LabelledImages(dataset, labels),
         loss=loss,
-        save_pipeline=lambda model, folder: DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder),
-        # samples from fixed seeds (the default sampler's: euler_a; euler for EDM), so grids from different steps compare
-        sample_grid=lambda model: image_grid(generate_images(model, list(range(cfg.eval_batch_size)))),
-        pipeline_class="DDPMPipeline",
+        save_pipeline=save_pipeline,
+        sample_grid=grid,
+        pipeline_class="DDPMPipeline" if names is None else "ClassConditionalPipeline",
         scheduler=scheduler,
-        resolved={"prediction_type": scheduler.config.prediction_type},
+        eval_prompts=names,
+        eval_classifier=cfg.eval_classifier,
+        resolved={"prediction_type": scheduler.config.prediction_type,
+                  **({"class_names": names, "validation_guidance_scale": guidance} if names else {})},
     )

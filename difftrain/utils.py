@@ -50,6 +50,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the device training runs on computes bf16 natively: a CUDA GPU that supports it, or, without CUDA, an
+    x86 CPU with AVX512-BF16 or AMX (elsewhere a CPU emulates bf16, slower than fp32)."""
+    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "false").lower() != "true":
+        return torch.cuda.is_bf16_supported()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_mixed_precision(environ=os.environ, bf16_native=native_bf16) -> str:
+    """--mixed_precision unset: a precision `accelerate launch` / `accelerate config` chose (fp16, bf16, fp8) is kept;
+    otherwise ('no' is also what a bare `accelerate launch` passes) bf16 where the hardware computes it natively,
+    else fp32 ('no'). bf16 autocast trains the default MNIST run 1.43x faster on an AVX512-BF16 CPU at the same
+    quality (README Quality); --mixed_precision no keeps fp32."""
+    launcher = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher != "no":
+        return launcher
+    return "bf16" if bf16_native() else "no"
+
+
 _CREATED: list[Path] = []  # folders prepare_output_dir made in this process: removed again if a command fails
 
 

@@ -122,11 +122,12 @@ def test_default_recipes_are_pinned():
 
     cfg = TrainConfig()
     assert (cfg.resolution, cfg.num_epochs, cfg.train_batch_size, cfg.learning_rate, cfg.lr_warmup_steps) == \
-        (28, 2, 64, 1e-3, 100)
+        (28, 2, 32, 1e-3, 100)
     assert (cfg.ddpm_beta_schedule, cfg.prediction_type, uses_ema(cfg)) == ("squaredcos_cap_v2", None, True)
     assert cfg.unet["block_out_channels"] == [32, 64, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
+    assert cfg.mixed_precision is None  # bf16 where native: tests/test_utils.py
     text = TextToImageConfig()
-    assert text.num_epochs == 2 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
+    assert text.num_epochs == 2 and text.train_batch_size == 64 and text.unet["addition_embed_type"] == "text" and uses_ema(text)
     assert config.grid_guidance(text.validation_guidance_scale, None) == 1.25
     assert config.grid_guidance(None, "sd") == 7.5 and config.grid_guidance(2.0, "sd") == 2.0
     assert text.unet["down_block_types"] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 import sample as script
 from conftest import OVERFIT_SIZE, psnr, red_circle, run_script
-from difftrain import config
+from difftrain import config, inference_config
 from difftrain.data import to_uint8
 from difftrain.errors import UserError
 from difftrain.pipelines import generate, guided_predictor, unet_predictor
@@ -284,11 +284,11 @@ def test_classifier_free_guidance_is_one_batched_forward():
 
 def test_repeated_prompt_flags_are_all_kept():
     argv = ["--prompt", "a cat", "--model", "m", "--prompt=a dog", "--prompt", "x", "y"]
-    assert config.parse(config.SampleConfig, argv).prompt == ["a cat", "a dog", "x", "y"]
+    assert config.parse(inference_config.SampleConfig, argv).prompt == ["a cat", "a dog", "x", "y"]
 
 
 def test_bare_tristate_flags_mean_true():
-    cfg = config.parse(config.SampleConfig, ["--use_karras_sigmas", "--clip_sample", "false"])
+    cfg = config.parse(inference_config.SampleConfig, ["--use_karras_sigmas", "--clip_sample", "false"])
     assert (cfg.use_karras_sigmas, cfg.clip_sample, cfg.thresholding) == (True, False, None)
 
 
@@ -338,15 +338,15 @@ def test_help_lists_every_option(capsys):
         sample("--help")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for name in config.fields_of(config.SampleConfig):
+    for name in config.fields_of(inference_config.SampleConfig):
         assert f"--{name}" in out, name
 
 
 def test_sample_keeps_the_config_as_asked_and_records_what_it_resolved(run, tmp_path):
     from difftrain.sampling import sample as sample_command
 
-    cfg = config.parse(config.SampleConfig, ["--model", str(run), "--num_inference_steps", "2", "--num_images", "1",
-                                             "--output_dir", str(tmp_path / "out")])
+    cfg = config.parse(inference_config.SampleConfig, ["--model", str(run), "--num_inference_steps", "2",
+                                                       "--num_images", "1", "--output_dir", str(tmp_path / "out")])
     asked = dataclasses.asdict(cfg)
     sample_command(cfg)
     assert dataclasses.asdict(cfg) == asked and cfg.scheduler is None and cfg.guidance_scale is None

@@ -50,3 +50,37 @@ def test_first_line_of_an_error():
 def test_caches_live_under_cache_dir_or_beside_the_datasets_cache(tmp_path, datasets_cache):
     assert cache_root(str(tmp_path), "difftrain-x") == tmp_path / "difftrain-x"
     assert cache_root(None, "difftrain-x") == Path(datasets_cache) / "difftrain-x"
+
+
+def test_mixed_precision_unset_is_bf16_only_where_native_and_follows_the_launcher():
+    from difftrain.utils import default_mixed_precision, native_bf16
+
+    def native():
+        return True
+
+    def emulated():
+        return False
+
+    assert default_mixed_precision({}, native) == "bf16"
+    assert default_mixed_precision({}, emulated) == "no"
+    assert default_mixed_precision({"ACCELERATE_MIXED_PRECISION": "no"}, native) == "bf16"  # a bare `accelerate launch`
+    assert default_mixed_precision({"ACCELERATE_MIXED_PRECISION": "fp16"}, native) == "fp16"
+    assert default_mixed_precision({"ACCELERATE_MIXED_PRECISION": "bf16"}, emulated) == "bf16"
+    if not __import__("torch").cuda.is_available():
+        assert native_bf16("flags : fpu avx512f avx512_bf16 sse") and native_bf16("flags : amx_bf16 amx_tile")
+        assert not native_bf16("flags : fpu avx512f avx512_vnni sse")
+
+
+def test_an_unset_precision_is_resolved_and_recorded(tmp_path, train_unconditional, datasets_cache):
+    import yaml
+
+    from conftest import ROOT
+    from difftrain.utils import default_mixed_precision
+
+    tiny = (ROOT / "configs/tiny.yaml").read_text()
+    (tmp_path / "unset.yaml").write_text("\n".join(l for l in tiny.splitlines() if not l.startswith("mixed_precision")))
+    out = tmp_path / "run"
+    assert train_unconditional("--config", tmp_path / "unset.yaml", "--output_dir", out, "--max_train_steps", 1,
+                               "--validation_steps", 100, "--checkpointing_steps", 100) == 0
+    recorded = yaml.safe_load((out / "training_config.yaml").read_text())
+    assert recorded["mixed_precision"] == default_mixed_precision()

@@ -5,16 +5,16 @@ import re
 import sys
 from pathlib import Path
 
-from difftrain import config
+from difftrain import config, inference_config
 from difftrain.options import flag_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {  # marker → (schema, the schema whose flags it leaves out)
-    "train_unconditional": (config.TrainConfig, None),
+    "train_unconditional": (config.UnconditionalConfig, None),
     "train_text_to_image": (config.TextToImageConfig, config.TrainConfig),
     "train_text_to_image_lora": (config.LoraTextToImageConfig, config.TextToImageConfig),
-    "sample": (config.SampleConfig, None),
-    "evaluate": (config.EvaluateConfig, None),
+    "sample": (inference_config.SampleConfig, None),
+    "evaluate": (inference_config.EvaluateConfig, None),
 }
 
 

@@ -56,7 +56,12 @@ def load_source(dataset_name: str | None, train_data_dir: str | None, *, config_
         return load_builtin(dataset_name, split, cache_dir)
     path = Path(dataset_name)
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        return _pick_split(datasets.load_from_disk(str(path)), split, f"--dataset_name {dataset_name}")
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except Exception as e:  # datasets cannot reopen a saved dataset of 0 rows (no shards), nor a damaged one
+            raise UserError(f"--dataset_name {dataset_name}: datasets cannot open this saved dataset ({first_line(e)}); "
+                            "it is empty or damaged: save it again with save_to_disk, with at least one row.") from None
+        return _pick_split(saved, split, f"--dataset_name {dataset_name}")
     try:
         ds = datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir)
     except Exception as e:  # offline, unknown id, missing config: all end in the same one-line advice

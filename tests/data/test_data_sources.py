@@ -88,3 +88,10 @@ def test_a_malformed_metadata_file_is_one_line(tmp_path):
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "ok"}\n{not json\n')
     with pytest.raises(UserError, match="cannot read it as an image folder .* metadata.jsonl"):
         sources.load_source(None, str(tmp_path))
+
+
+def test_an_empty_saved_dataset_is_one_line(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"image": [], "label": []}, features=features).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="empty or damaged: save it again"):
+        sources.load_source(str(tmp_path / "empty"), None)

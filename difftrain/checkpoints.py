@@ -80,8 +80,9 @@ def check_resumable(checkpoint: Path, model, *, use_ema: bool, batch: dict) -> N
         differ = [k for k in theirs if not k.startswith("_") and k in ours and _jsonable(ours[k]) != theirs[k]]
         if differ:
             k = differ[0]
+            flags = "--class_conditional (and the data)" if k == "num_class_embeds" else "--unet/--config"
             raise UserError(f"{where}: its UNet has {k}={theirs[k]} where this run's has {_jsonable(ours[k])}; "
-                            "resume with the --unet/--config it was trained with.")
+                            f"resume with the {flags} it was trained with.")
     if use_ema != has_ema:
         raise UserError(f"{where}: it {'has no' if use_ema else 'carries an'} EMA but this run has --use_ema "
                         f"{str(use_ema).lower()}; resume with --use_ema {str(has_ema).lower()}.")

@@ -68,6 +68,12 @@ class SampleConfig(SamplerOptions):
     prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
     class_label: list[str] = opt(help="Class-conditional models: class name(s) or id(s), or all (every class in "
                                  "order; unset: all); image k gets label k mod L.", factory=list)
+    init_image: str | None = opt(None, "img2img: an image (or a folder: image k edits file k mod F) to noise to "
+                                 "--strength and denoise from (SDEdit); resized and converted to the model's size and "
+                                 "channels with a note.")
+    strength: float | None = opt(None, "img2img: how much of --init_image is redrawn, 0 (returned as it is) to 1 "
+                                 "(ignored). Unset: 0.6, or 1.0 with --mask_image.")
+    mask_image: str | None = opt(None, "Inpainting: white marks what to repaint in --init_image; the rest is kept.")
     output_type: str = opt("png", "png: one PNG per image; npz: one uint8 NHWC array (for evaluation).",
                            choices=["png", "npz"])
     output_dir: str | None = opt(None, "Where to write (default: MODEL/samples/<scheduler>-<steps>/).")
@@ -77,6 +83,8 @@ class SampleConfig(SamplerOptions):
         for name in ("num_images", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.strength is not None and not 0.0 <= self.strength <= 1.0:
+            raise UserError(f"--strength must be in [0, 1] (got {self.strength}).")
 
 
 @dataclass

@@ -56,6 +56,13 @@ def encode_distribution(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
+    """images in [-1, 1] → the latent distribution's mean in the UNet's units: a deterministic encoding, for img2img."""
+    z = vae.encode(images.to(vae.dtype)).latent_dist.mean.float()
+    return (z - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
+
+
+@torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """UNet-unit latents → images in [-1, 1] (float32)."""
     z = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)

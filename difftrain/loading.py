@@ -35,7 +35,7 @@ class Model:
     weights: str  # "unet" or "unet_ema"
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: latents → images in [-1, 1]
+    vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL between images and latents
     guidance_scale: float | None = None  # text/class models: the scale its run sampled its grids at
     class_names: list[str] | None = None  # class-conditional models: what --class_label names
 
@@ -50,9 +50,31 @@ class Model:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """What the UNet denoises: images, or a latent model's latents."""
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else size
         return self.unet.config.in_channels, h, w
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """The images it makes (a latent model's decoded latents)."""
+        c, h, w = self.image_shape
+        if self.vae is None:
+            return c, h, w
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.vae.config.in_channels, h * factor, w * factor
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised samples → images in [-1, 1]."""
+        from .latents import decode
+
+        return decode(self.vae, x) if self.vae is not None else x
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → what the UNet denoises (a latent model: the mean latent, in the UNet's units)."""
+        from .latents import encode_mean
+
+        return encode_mean(self.vae, images) if self.vae is not None else images
 
 
 @contextlib.contextmanager
@@ -144,14 +166,13 @@ def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
     return encoder.encode
 
 
-def _latent_decoder(folder: Path, device, dtype) -> Callable | None:
-    """latents → images in [-1, 1], from the vae/ saved beside the UNet (latent-space models only)."""
+def _latent_vae(folder: Path, device, dtype):
+    """The vae/ saved beside the UNet (latent-space models only), else None."""
     if not (folder / "vae").is_dir():
         return None
-    from .latents import decode, load_vae
+    from .latents import load_vae
 
-    vae = load_vae(str(folder / "vae"), flag="--model").to(device, dtype)
-    return lambda latents: decode(vae, latents)
+    return load_vae(str(folder / "vae"), flag="--model").to(device, dtype)
 
 
 def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32,
@@ -180,7 +201,7 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     scheduler_folder = folder if (folder / "scheduler").is_dir() else run  # checkpoints before this version: the run's
     loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
-                   decode=_latent_decoder(run, device, dtype), guidance_scale=_trained_guidance(run),
+                   vae=_latent_vae(run, device, dtype), guidance_scale=_trained_guidance(run),
                    class_names=_class_names(unet, folder, run))
     if loaded.class_names is not None:  # names → class ids; "" (the unconditional half of guidance) → "no class"
         from .classes import label_ids

@@ -24,11 +24,18 @@ def image_generators(seeds: list[int]) -> list[torch.Generator]:
 
 @torch.no_grad()
 def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[int], num_inference_steps: int,
-             device, dtype=torch.float32, **step_kwargs) -> torch.Tensor:
+             device, dtype=torch.float32, *, init: torch.Tensor | None = None, strength: float = 1.0,
+             mask: torch.Tensor | None = None, **step_kwargs) -> torch.Tensor:
     """Sample len(seeds) images in [-1, 1]. Everything random about image k, its starting noise and the noise a
     stochastic scheduler adds at each step, comes from a generator seeded by seeds[k] alone, so image k is the
     same whatever the batch it is generated in. predict(x_t, t) → model output; `dtype` is the dtype of the
-    latents and the scheduler's arithmetic."""
+    latents and the scheduler's arithmetic.
+
+    img2img (SDEdit): `init` (N, *shape) is noised to the timestep `strength` of the way up the schedule and only
+    the rest is denoised: strength 0 returns it as it is, 1 starts from pure noise. Inpainting: `mask` (N, 1, h, w),
+    1 = repaint; after every step the known region (mask 0) is `init` re-noised to the next timestep with the
+    image's own starting noise (diffusers' inpainting for ordinary UNets, the RePaint idea without resampling), and
+    after the last step `init` itself."""
     generators = image_generators(seeds)
     if hasattr(scheduler, "noise_sampler_seed"):  # DPMSolverSDEScheduler: one Brownian tree per image
         scheduler.noise_sampler_seed = list(seeds)
@@ -37,16 +44,28 @@ def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[i
     # set_timesteps first: init_noise_sigma of sigma-based schedulers (Euler, LMS, ...) is the largest sigma of
     # the INFERENCE schedule, which it sets
     scheduler.set_timesteps(num_inference_steps, device=device)
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device=device, dtype=dtype)
+    start = 0 if init is None or strength >= 1.0 else \
+        (num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)) * scheduler.order
+    timesteps = scheduler.timesteps[start:]
+    if init is not None and len(timesteps) == 0:  # strength 0: nothing to denoise
+        return init.float()
     if hasattr(scheduler, "set_begin_index"):
         # from pure noise we start at step 0; left unset, diffusers looks the first timestep up and, when it repeats
         # (Karras sigmas on the cosine schedule map several sigmas to t=999), starts at its SECOND occurrence and
         # steps past the end (IndexError)
-        scheduler.set_begin_index(0)
-    noise = [torch.randn(shape, generator=g) for g in generators]
-    x = torch.stack(noise).to(device=device, dtype=dtype) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+        scheduler.set_begin_index(start)
+    if init is not None:
+        init = init.to(device=device, dtype=dtype)
+    if mask is not None:
+        mask = mask.to(device=device, dtype=dtype)
+    x = noise * scheduler.init_noise_sigma if start == 0 else scheduler.add_noise(init, noise, timesteps[:1])
+    for i, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(x, t)
         x = scheduler.step(predict(model_input, t), t, x, **step_kwargs).prev_sample
+        if mask is not None:
+            known = init if i + 1 == len(timesteps) else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
+            x = mask * x + (1 - mask) * known
     return x.float()
 
 

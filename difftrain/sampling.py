@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data.images import to_uint8
+from .editing import Edit, load_edit
 from .errors import UserError
 from .loading import Model, load_model, resolve_guidance
 from .pipelines import comparison_sheet, generate, guided_predictor, image_grid, unet_predictor
@@ -110,8 +111,9 @@ class Samples:
 
 def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batch_size: int, step_kwargs: dict,
                   prompts: list[str], negative_prompt: str | None, guidance_scale: float, device,
-                  desc: str = "sample") -> Samples:
-    """All images, batch by batch, with a progress bar over images. Image k comes from seeds[k] alone."""
+                  desc: str = "sample", edit: Edit | None = None) -> Samples:
+    """All images, batch by batch, with a progress bar over images. Image k comes from seeds[k] alone (and, with an
+    edit, from its init image k mod F)."""
     calls = 0
 
     def counted(predict):
@@ -128,8 +130,10 @@ def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batc
             batch = seeds[first : first + batch_size]
             indices = range(first, first + len(batch))
             predict = counted(_predictor(model, indices, prompts, negative_prompt, guidance_scale))
-            x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32, **step_kwargs)
-            batches.append(to_uint8(model.decode(x) if model.decode else x).cpu())  # .cpu() waits for the device, so the clock is honest
+            init, mask = edit.rows(indices) if edit else (None, None)
+            x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32, init=init,
+                         strength=edit.strength if edit else 1.0, mask=mask, **step_kwargs)
+            batches.append(to_uint8(model.decode(x)).cpu())  # .cpu() waits for the device, so the clock is honest
             bar.update(len(batch))
     n_batches = -(-len(seeds) // batch_size)
     return Samples(torch.cat(batches), time.perf_counter() - start, calls // n_batches)
@@ -169,7 +173,8 @@ def package_versions() -> dict:
     return versions
 
 
-def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, flag: str = "prompt") -> str:
+def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, flag: str = "prompt",
+                       edit: dict | None = None) -> str:
     """The sample.py command line that makes this one image again (as image 0 of a one-image run)."""
     args = ["python", "sample.py", "--model", cfg.model, "--scheduler", scheduler_name,
             "--num_inference_steps", cfg.num_inference_steps, "--seed", seed, "--num_images", 1]
@@ -178,7 +183,7 @@ def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, 
                 "thresholding": cfg.thresholding, "dtype": None if cfg.dtype == "fp32" else cfg.dtype,
                 flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
                 "guidance_scale": cfg.guidance_scale if prompt else None, "lora": cfg.lora,
-                "lora_scale": cfg.lora_scale if cfg.lora and cfg.lora_scale != 1.0 else None}
+                "lora_scale": cfg.lora_scale if cfg.lora and cfg.lora_scale != 1.0 else None, **(edit or {})}
     for key, value in optional.items():
         if value is not None:
             args += [f"--{key}", str(value).lower() if isinstance(value, bool) else value]
@@ -186,7 +191,7 @@ def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, 
 
 
 def metadata_records(cfg, model: Model, scheduler_name: str, scheduler, files: list[str], seeds: list[int],
-                     prompts: list[str], device) -> list[dict]:
+                     prompts: list[str], device, edit: Edit | None = None) -> list[dict]:
     """One JSON line per image: enough to regenerate it exactly."""
     versions = package_versions()
     options = sampling_options(scheduler)
@@ -194,14 +199,15 @@ def metadata_records(cfg, model: Model, scheduler_name: str, scheduler, files: l
     flag = "class_label" if model.class_names is not None else "prompt"
     for k, (file, seed) in enumerate(zip(files, seeds)):
         prompt = prompts[k % len(prompts)] if prompts else None
-        records.append({
+        edited = edit.record(k) if edit else None
+        records.append({**(edited or {}),
             "file": file, "index": k, "seed": seed, "scheduler": scheduler_name,
             "scheduler_class": type(scheduler).__name__, "steps": cfg.num_inference_steps, "eta": cfg.eta,
             "scheduler_options": options, "guidance_scale": cfg.guidance_scale if prompt else None,
             flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
             "model": cfg.model, "model_path": str(model.path), "weights": model.weights, "dtype": cfg.dtype,
             "device": str(device), "versions": versions,
-            "command": regenerate_command(cfg, scheduler_name, seed, prompt, flag),
+            "command": regenerate_command(cfg, scheduler_name, seed, prompt, flag, edited),
         })
     return records
 
@@ -220,10 +226,11 @@ def sample(cfg) -> Path | None:
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale)
     prompts = conditions(model, cfg)
+    edit = load_edit(cfg, model, device)
     # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.scheduler == "all":
-        return compare_schedulers(cfg, model, prompts, device)
+        return compare_schedulers(cfg, model, prompts, device, edit)
     cfg = dataclasses.replace(cfg, scheduler=cfg.scheduler or default_scheduler(model.scheduler_config))
     scheduler, step_kwargs = build_scheduler(cfg.scheduler, model, cfg)
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
@@ -231,17 +238,17 @@ def sample(cfg) -> Path | None:
     seeds = [cfg.seed + k for k in range(cfg.num_images)]
     result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
                            step_kwargs=step_kwargs, prompts=prompts, negative_prompt=cfg.negative_prompt,
-                           guidance_scale=cfg.guidance_scale, device=device, desc=cfg.scheduler)
+                           guidance_scale=cfg.guidance_scale, device=device, desc=cfg.scheduler, edit=edit)
     files = write_images(out, result.images, cfg.output_type, seeds)
     image_grid(result.images).save(out / "grid.png")
     scheduler.save_config(str(out))  # scheduler_config.json: the exact sampler, overrides resolved
-    records = metadata_records(cfg, model, cfg.scheduler, scheduler, files, seeds, prompts, device)
+    records = metadata_records(cfg, model, cfg.scheduler, scheduler, files, seeds, prompts, device, edit)
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"{len(seeds)} images in {result.seconds:.1f} s ({result.seconds / len(seeds):.3f} s/image) → {out}")
     return out
 
 
-def compare_schedulers(cfg, model: Model, prompts: list[str], device) -> Path:
+def compare_schedulers(cfg, model: Model, prompts: list[str], device, edit: Edit | None = None) -> Path:
     """Every scheduler of the model's family on the same seeds: comparison.png (one labelled row each) and
     timings.csv. A scheduler that cannot run here (missing package, unsupported option) gets a row saying why."""
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
@@ -260,7 +267,7 @@ def compare_schedulers(cfg, model: Model, prompts: list[str], device) -> Path:
             continue
         result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
                                step_kwargs=step_kwargs, prompts=prompts, negative_prompt=cfg.negative_prompt,
-                               guidance_scale=cfg.guidance_scale, device=device, desc=name)
+                               guidance_scale=cfg.guidance_scale, device=device, desc=name, edit=edit)
         per_image = result.seconds / len(seeds)
         calls = "" if result.calls_per_image == cfg.num_inference_steps else f" ({result.calls_per_image} calls)"
         rows.append((f"{name}  {cfg.num_inference_steps} steps{calls}  {per_image:.3f} s/img", result.images))

@@ -82,6 +82,20 @@ def test_sample_py_takes_class_labels(tiny_class_run, tmp_path, capsys):
     assert "class-conditional model" in capsys.readouterr().err
 
 
+def test_quality_reports_class_accuracy_for_a_class_model(tiny_class_run, tmp_path):
+    from benchmarks import quality
+    from difftrain import classifier as clf
+
+    x, y, labels = clf.labelled_images("mnist", "train", num_samples=300)
+    classifier = clf.save_classifier(clf.Classifier(clf.train_classifier(x, y, len(labels), epochs=1, batch_size=32),
+                                                    {"architecture": clf.ARCHITECTURE, "labels": labels}),
+                                     tmp_path / "classifier")
+    record = quality.main(["--model", str(tiny_class_run), "--num_samples", "20", "--num_inference_steps", "3",
+                           "--classifier", str(classifier), "--results_dir", str(tmp_path / "results"), "--no_fid"])
+    assert record["guidance_scale"] == 2.0  # the run's own (its unset --validation_guidance_scale, resolved)
+    assert 0 <= record["prompt_accuracy"] <= 1 and len(record["prompt_accuracy_per_digit"]) == 10
+
+
 def test_class_flags_without_class_conditional_are_refused(tmp_path, capsys):
     import train_unconditional
 
@@ -89,6 +103,21 @@ def test_class_flags_without_class_conditional_are_refused(tmp_path, capsys):
         assert run_script(train_unconditional, [*TINY, "--output_dir", tmp_path / "run", *flags]) == 2
         assert "--class_conditional" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_class_run_is_not_continued_as_an_unconditional_one(tiny_class_run, tmp_path, capsys):
+    import shutil
+
+    import train_unconditional
+
+    run = shutil.copytree(tiny_class_run, tmp_path / "run")
+    assert run_script(train_unconditional, [*TINY, "--output_dir", run, "--resume_from_checkpoint", "latest",
+                                            "--max_train_steps", 25]) == 2
+    err = capsys.readouterr().err
+    assert "num_class_embeds=11" in err and "--class_conditional" in err
+    assert run_script(train_unconditional, [*TINY, "--output_dir", tmp_path / "other", "--max_train_steps", 2,
+                                            "--pretrained_model_name_or_path", tiny_class_run]) == 2
+    assert "11 class embeddings, this run needs none" in capsys.readouterr().err
 
 
 def test_two_class_overfit_draws_each_image_for_its_label(tmp_path, datasets_cache):

@@ -10,6 +10,7 @@ from huggingface_hub import HfApi
 from .classes import CLASS_GUIDANCE
 from .config import grid_guidance, uses_ema
 from .errors import UserError
+from .pipeline_code import LOAD_ARGS
 from .utils import first_line
 
 # Never uploaded: resumable state, trackers' files, half-written checkpoints, local samples other than the card's.
@@ -33,11 +34,11 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         base_model=cfg.pretrained_model_name_or_path or None,
     )
     picture = f"\n![samples]({grid})\n" if grid else ""
+    loader, load = LOADERS.get(pipeline_class, LOADERS["StableDiffusionPipeline"])
     usage = (LORA_USAGE if rank else USAGE.get(pipeline_class, USAGE["DDPMPipeline"])).format(
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
-        guidance=_guidance(cfg, pipeline_class),
-        base=cfg.pretrained_model_name_or_path, loader=LOADERS.get(pipeline_class, LOADERS["StableDiffusionPipeline"]),
-        pipeline_class=pipeline_class)
+        guidance=_guidance(cfg, pipeline_class), loader=loader, load=load.format(repo=repo_id),
+        load_base=load.format(repo=cfg.pretrained_model_name_or_path))
     what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
             else f"A `{pipeline_class}`")
     content = f"""---
@@ -65,19 +66,21 @@ The full training configuration is in `training_config.yaml`.
 USAGE = {
     "DDPMPipeline": 'from diffusers import DiffusionPipeline\n\npipeline = DiffusionPipeline.from_pretrained("{repo_id}")\n'
                     'images = pipeline(batch_size=4, num_inference_steps=50).images',
-    # text-to-image: {loader} is LOADERS' line (TextToImagePipeline ships with difftrain)
-    "StableDiffusionPipeline": '{loader}\n\npipeline = StableDiffusionPipeline.from_pretrained("{repo_id}")\n'
-                               'images = pipeline("{prompt}", guidance_scale={guidance}).images',
-    "TextToImagePipeline": '{loader}\n\npipeline = TextToImagePipeline.from_pretrained("{repo_id}")\n'
-                           'images = pipeline("{prompt}", guidance_scale={guidance}).images',
-    "ClassConditionalPipeline": '{loader}\n\npipeline = ClassConditionalPipeline.from_pretrained("{repo_id}")\n'
+    # text-to-image: {loader} and {load} are LOADERS' lines for the pipeline class
+    "StableDiffusionPipeline": '{loader}\n\n{load}\nimages = pipeline("{prompt}", guidance_scale={guidance}).images',
+    "TextToImagePipeline": '{loader}\n\n{load}\nimages = pipeline("{prompt}", guidance_scale={guidance}).images',
+    "ClassConditionalPipeline": '{loader}\n\n{load}\n'
                                 'images = pipeline(class_labels=pipeline.class_names[:4], guidance_scale={guidance}).images',
 }
-LOADERS = {"StableDiffusionPipeline": "from diffusers import StableDiffusionPipeline",
-           "TextToImagePipeline": "from difftrain.pipelines import TextToImagePipeline",
-           "ClassConditionalPipeline": "from difftrain.pipelines import ClassConditionalPipeline"}
+# difftrain's own pipelines load in plain diffusers: their folder carries their code (pipeline_code.py)
+PLAIN_DIFFUSERS = ("from diffusers import DiffusionPipeline",
+                   "# trust_remote_code: the pipeline's class is the code in the repo's pipeline.py\n"
+                   f'pipeline = DiffusionPipeline.from_pretrained("{{repo}}", {LOAD_ARGS})')
+LOADERS = {"StableDiffusionPipeline": ("from diffusers import StableDiffusionPipeline",
+                                       'pipeline = StableDiffusionPipeline.from_pretrained("{repo}")'),
+           "TextToImagePipeline": PLAIN_DIFFUSERS, "ClassConditionalPipeline": PLAIN_DIFFUSERS}
 # a LoRA run's folder holds the adapters only: load its base, then the adapters on top
-LORA_USAGE = ('{loader}\n\npipeline = {pipeline_class}.from_pretrained("{base}")\n'
+LORA_USAGE = ('{loader}\n\n{load_base}\n'
               'pipeline.load_lora_weights("{repo_id}")\n'
               'images = pipeline("{prompt}", guidance_scale={guidance}).images')
 

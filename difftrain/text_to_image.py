@@ -225,10 +225,12 @@ def build_recipe(cfg, accelerator) -> Recipe:
             load_vae(sources.vae, revision=None if cfg.vae_name_or_path else cfg.revision).save_pretrained(folder / "vae")
 
     def save_pipeline(model, folder: Path) -> None:
-        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included); a LoRA run's
-        adapters only (the run folder's scheduler/ and training_config.yaml name the rest)."""
+        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included), and for our
+        own pipeline its code (pipeline.py, for plain diffusers); a LoRA run's adapters only (the run folder's
+        scheduler/ and training_config.yaml name the rest)."""
         from diffusers import StableDiffusionPipeline
 
+        from .pipeline_code import write_pipeline_code
         from .pipelines import TextToImagePipeline
 
         if cfg.rank is not None:
@@ -241,6 +243,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         else:
             pipe = TextToImagePipeline(unet=model, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
                                        scheduler=scheduler, vae=vae)
+            write_pipeline_code("TextToImagePipeline", folder)
         pipe.save_config(str(folder))  # model_index.json; the frozen components are on disk since the start
         model.save_pretrained(str(folder / "unet"))
         scheduler.save_pretrained(str(folder / "scheduler"))

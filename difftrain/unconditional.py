@@ -12,6 +12,7 @@ from .data import augment, decode_images, load_source_dataset
 from .errors import UserError
 from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
+from .pipeline_code import write_pipeline_code
 from .data import to_uint8
 from .pipelines import ClassConditionalPipeline, generate, guided_predictor, image_grid, unet_predictor
 from .schedulers import default_scheduler, scheduler_from_training_config
@@ -91,6 +92,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
             DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
         else:
             ClassConditionalPipeline(unet=model, scheduler=scheduler, class_names=names).save_pretrained(folder)
+            write_pipeline_code("ClassConditionalPipeline", folder)  # so plain diffusers loads it too
 
     return Recipe(
         model=unet,

@@ -69,10 +69,25 @@ def test_text_to_image_cards_show_a_prompt():
     from difftrain.hub import model_card
 
     cfg = config.parse(config.TextToImageConfig, ["--validation_prompts", "a red circle"])
-    for pipeline_class, loader in (("TextToImagePipeline", "from difftrain.pipelines import TextToImagePipeline"),
-                                   ("StableDiffusionPipeline", "from diffusers import StableDiffusionPipeline")):
+    plain = ('from diffusers import DiffusionPipeline\n\n'
+             '# trust_remote_code: the pipeline\'s class is the code in the repo\'s pipeline.py\n'
+             'pipeline = DiffusionPipeline.from_pretrained("me/t2i", custom_pipeline="pipeline", trust_remote_code=True)')
+    for pipeline_class, loader in (("TextToImagePipeline", plain),
+                                   ("StableDiffusionPipeline", "from diffusers import StableDiffusionPipeline\n\n"
+                                    'pipeline = StableDiffusionPipeline.from_pretrained("me/t2i")')):
         card = model_card(cfg, repo_id="me/t2i", global_step=3, pipeline_class=pipeline_class, grid=None)
         assert loader in card and 'pipeline("a red circle", guidance_scale=1.25)' in card and "text-to-image" in card
+        assert "difftrain." not in card  # loads without difftrain installed
+
+
+def test_class_conditional_cards_load_in_plain_diffusers():
+    from difftrain import config
+    from difftrain.hub import model_card
+
+    cfg = config.parse(config.UnconditionalConfig, ["--class_conditional"])
+    card = model_card(cfg, repo_id="me/classes", global_step=3, pipeline_class="ClassConditionalPipeline", grid=None)
+    assert 'DiffusionPipeline.from_pretrained("me/classes", custom_pipeline="pipeline", trust_remote_code=True)' in card
+    assert "pipeline(class_labels=pipeline.class_names[:4], guidance_scale=2.0)" in card and "difftrain." not in card
 
 
 def test_lora_cards_name_the_base_and_load_the_adapters_on_it():
@@ -84,6 +99,10 @@ def test_lora_cards_name_the_base_and_load_the_adapters_on_it():
     card = model_card(cfg, repo_id="me/sd-lora", global_step=3, pipeline_class="StableDiffusionPipeline", grid=None)
     assert "base_model: me/base-sd" in card and "Rank-8 LoRA" in card and "- lora" in card
     assert 'StableDiffusionPipeline.from_pretrained("me/base-sd")\npipeline.load_lora_weights("me/sd-lora")' in card
+    # on a base of difftrain's own: the base loads in plain diffusers, the adapters as on Stable Diffusion
+    card = model_card(cfg, repo_id="me/t2i-lora", global_step=3, pipeline_class="TextToImagePipeline", grid=None)
+    assert ('DiffusionPipeline.from_pretrained("me/base-sd", custom_pipeline="pipeline", trust_remote_code=True)\n'
+            'pipeline.load_lora_weights("me/t2i-lora")') in card
 
 
 def test_push_to_hub_offline_fails_before_training(tmp_path, train_unconditional, monkeypatch, capsys):

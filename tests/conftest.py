@@ -1,4 +1,5 @@
-"""Shared fixtures: offline, one datasets cache per session, fresh Accelerate state per test."""
+"""Shared fixtures and helpers: offline, one datasets cache per session, fresh Accelerate state per test, tiny
+models, data and runs."""
 
 import os
 from pathlib import Path
@@ -53,6 +54,28 @@ def train_unconditional():
     return train
 
 
+TINY = ["--config", ROOT / "configs/tiny.yaml"]  # the tiny preset: 16 px MNIST, seconds per run on a CPU
+SHORT = [*TINY, "--max_train_steps", 3, "--validation_steps", 100, "--checkpointing_steps", 100]
+
+
+@pytest.fixture
+def finished_run(tmp_path, train_unconditional):
+    """A finished tiny run (10 updates): a folder that holds a run."""
+    out = tmp_path / "run"
+    assert train_unconditional(*TINY, "--output_dir", out, "--max_train_steps", 10) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory, datasets_cache):
+    """Three updates of the tiny config (SHORT), seed 0: the reference that runs with other options compare with."""
+    import train_unconditional as script
+
+    out = tmp_path_factory.mktemp("short") / "a"
+    assert run_script(script, [*SHORT, "--output_dir", out]) == 0
+    return out
+
+
 def snapshot(folder: Path) -> dict:
     """{relative path: bytes} of every file under folder: to prove an error left it as it was."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -66,6 +89,24 @@ def red_circle(size: int = 32) -> np.ndarray:
     img = np.full((size, size, 3), 255, np.uint8)
     img[inside] = (220, 20, 20)
     return img
+
+
+TINY_UNET_SIZE = 8
+
+
+def tiny_unet(seed: int, cls=None, **extra):
+    """A random-initialised 8 px, 3-channel UNet (a UNet2DModel unless cls says otherwise), in eval mode."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return (cls or UNet2DModel)(sample_size=TINY_UNET_SIZE, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                norm_num_groups=4, layers_per_block=1, **extra).eval()
+
+
+def tiny_2d_unet(seed: int = 0):
+    """tiny_unet without attention blocks."""
+    return tiny_unet(seed, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
 def psnr(a, b) -> float:
@@ -139,6 +180,12 @@ def captioned_dataset(folder: Path, size: int, copies: int = 32) -> Path:
                                features=datasets.Features(image=datasets.Image(), text=datasets.Value("string"))
                                ).save_to_disk(str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def shapes_16px(tmp_path_factory):
+    """The captioned red circles and blue squares at 16 px, 4 copies each: fine-tuning data for tiny_sd_pipeline."""
+    return captioned_dataset(tmp_path_factory.mktemp("shapes") / "data", 16, copies=4)
 
 
 def tiny_clip_tokenizer():

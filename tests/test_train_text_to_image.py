@@ -11,7 +11,7 @@ import yaml
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
-from conftest import ROOT, captioned_dataset, snapshot
+from conftest import ROOT, snapshot
 from difftrain.pipelines import TextToImagePipeline
 from difftrain.loading import load_model
 
@@ -110,11 +110,6 @@ def test_bad_captions_name_the_row(tmp_path, train_text_to_image, capsys):
 # (b) Fine-tuning a Stable-Diffusion-format pipeline
 
 
-@pytest.fixture(scope="module")
-def shapes_16px(tmp_path_factory):
-    return captioned_dataset(tmp_path_factory.mktemp("shapes") / "data", 16, copies=4)
-
-
 def sd_flags(pretrained, data, *extra):
     return ["--pretrained_model_name_or_path", pretrained, "--dataset_name", data, "--caption_column", "text",
             "--resolution", 16, "--train_batch_size", 2, "--max_train_steps", 4, "--checkpointing_steps", 2,
@@ -188,15 +183,6 @@ def test_sd_folder_missing_a_component_is_named(tiny_sd_pipeline, shapes_16px, t
     assert train_text_to_image(*sd_flags(broken, shapes_16px), "--output_dir", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no vae/ folder" in err
-
-
-def test_latent_resolution_must_fit_vae_and_unet(tiny_sd_pipeline, shapes_16px, tmp_path, train_text_to_image,
-                                                  capsys):
-    # VAE 2x, UNet 2x: 18 px is not a multiple of 4
-    assert train_text_to_image(*sd_flags(tiny_sd_pipeline, shapes_16px), "--resolution", 18,
-                               "--output_dir", tmp_path / "out") == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a multiple of 4" in err and "use --resolution 16" in err
 
 
 def test_lora_on_our_own_pipeline_loads_with_load_lora_weights(mnist_text_run, tmp_path, train_text_to_image):

@@ -4,7 +4,6 @@ import datasets
 import pytest
 import torch
 
-from difftrain.data.builtin import class_captions
 from difftrain.data.captions import EMPTY, caption_candidates, index_captions, pick_captions
 from difftrain.errors import UserError
 
@@ -61,13 +60,6 @@ def test_pick_is_uniform_over_a_rows_captions_and_drops_at_the_given_rate():
     a = pick_captions(rows[:50], 0.1)
     torch.manual_seed(1)
     assert torch.equal(a, pick_captions(rows[:50], 0.1))  # a pure function of the (checkpointed) RNG
-
-
-def test_builtin_captions_name_the_class():
-    digits = class_captions("mnist", [str(d) for d in range(10)])
-    assert "a handwritten digit seven" in digits[7] and "the number 7" in digits[7] and len(digits[7]) >= 4
-    fashion = class_captions("fashion_mnist", ["sneaker", "ankle boot"])
-    assert "a photo of a sneaker" in fashion[0] and "a photo of an ankle boot" in fashion[1]
 
 
 def test_default_validation_prompts_fit_the_dataset():

@@ -65,8 +65,6 @@ def test_an_unwritable_output_dir_is_found_before_decoding(tmp_path, capsys, mon
 def test_evaluate_leaves_no_empty_folder_on_error(tmp_path, capsys):
     import evaluate
 
-    from conftest import ROOT as root  # noqa: F401
-
     out = tmp_path / "eval" / "here"
     assert run_script(evaluate, ["--samples_dir", tmp_path / "nothing-here", "--output_dir", out]) == 2
     capsys.readouterr()

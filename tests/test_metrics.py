@@ -1,10 +1,9 @@
-"""FID and KID: by formula against direct numpy/scipy computations, on real Inception features of small MNIST,
+"""FID and KID: by formula against direct numpy computations, on real Inception features of small MNIST,
 Fashion-MNIST and noise sets (the network runs at ~2-5 images/s on a 2-core CPU, so the sets are small and their
 features are computed once per module), and the reference-statistics cache."""
 
 import numpy as np
 import pytest
-import scipy.linalg
 from PIL import Image
 
 from difftrain import metrics

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from difftrain.inference_config import SampleConfig
-from difftrain.metrics import reference_images
+from difftrain.references import reference_images
 from difftrain.pipelines import comparison_sheet
 from difftrain.sampling import sample
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difftrain import metrics
+from difftrain import metrics, references
 from difftrain.classifier import load_classifier, predict_proba, train_and_save
 from difftrain.inference_config import SampleConfig
 from difftrain.scoring import class_prompts
@@ -106,7 +106,7 @@ def train(model: Path, command: list[str]) -> dict:
 def classifier_for(path: str | None, dataset_name: str, device):
     if path:
         return load_classifier(path, device=device)
-    folder = metrics.stats_cache_dir() / f"classifier-{dataset_name}"
+    folder = references.stats_cache_dir() / f"classifier-{dataset_name}"
     if not (folder / "config.json").is_file():
         print(f"training the {dataset_name} classifier once → {folder}", flush=True)
         train_and_save(dataset_name, folder, epochs=4)
@@ -116,12 +116,12 @@ def classifier_for(path: str | None, dataset_name: str, device):
 def floor_stats(dataset_name: str, split: str, resolution: int, n: int, device) -> metrics.Stats:
     """Real images that are not the reference: the split's next n images (or, when the split has fewer than 2n,
     the train split's first n). Cached beside the reference statistics."""
-    path = metrics.stats_cache_dir() / f"floor-{Path(dataset_name).name}-{split}-{resolution}px-{n}.npz"
+    path = references.stats_cache_dir() / f"floor-{Path(dataset_name).name}-{split}-{resolution}px-{n}.npz"
     if path.is_file():
         return metrics.Stats.load(path)
-    images = metrics.reference_images(dataset_name, split, resolution, num_samples=2 * n)
+    images = references.reference_images(dataset_name, split, resolution, num_samples=2 * n)
     images = images.select(range(n, 2 * n)) if len(images) >= 2 * n else \
-        metrics.reference_images(dataset_name, "train", resolution, num_samples=n)
+        references.reference_images(dataset_name, "train", resolution, num_samples=n)
     stats = metrics.generated_stats((np.stack(images[k : k + 256]["pixels"]) for k in range(0, len(images), 256)),
                                     device=device, total=len(images), desc="floor features")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def score(args, device) -> dict:
                   rarest_class=int(shares.argmin()), rarest_share=float(shares.min()),
                   class_shares=[round(float(s), 4) for s in shares])
     # the same two figures for N real test digits: what a perfect model would score here
-    real = np.stack(metrics.reference_images(args.dataset_name, args.split, images.shape[-1],
+    real = np.stack(references.reference_images(args.dataset_name, args.split, images.shape[-1],
                                              num_samples=len(images))[:]["pixels"])
     real_probs = predict_proba(classifier, real)
     record.update(real_legible=float((real_probs.max(1) >= LEGIBLE_P).mean()),
@@ -170,7 +170,7 @@ def score(args, device) -> dict:
                       prompt_accuracy=float((read_as == expected).mean()), prompt_accuracy_per_digit=per_digit)
     if not args.no_fid:
         resolution = images.shape[-1]
-        ref = metrics.reference_stats(args.dataset_name, args.split, resolution, num_samples=len(images),
+        ref = references.reference_stats(args.dataset_name, args.split, resolution, num_samples=len(images),
                                       device=device)
         floor = floor_stats(args.dataset_name, args.split, resolution, len(images), device)
         stats = metrics.generated_stats([images], device=device, total=len(images), desc="sample features")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, references
 from .classifier import load_classifier, prompt_accuracy
 from .errors import UserError
 from .inference_config import EvaluateConfig
@@ -34,7 +34,7 @@ from .utils import DTYPES, prepare_output_dir, resolve_device
 
 __all__ = ["reference_stats", "generated_stats", "fid", "kid", "load_classifier", "prompt_accuracy",
            "class_prompts", "evaluate"]
-reference_stats, generated_stats, fid, kid = (metrics.reference_stats, metrics.generated_stats, metrics.fid,
+reference_stats, generated_stats, fid, kid = (references.reference_stats, metrics.generated_stats, metrics.fid,
                                               metrics.kid)
 
 
@@ -67,14 +67,14 @@ def _print_estimate(seconds: float) -> None:
 
 
 def reference_for(cfg, resolution: int, device) -> metrics.Stats:
-    return metrics.reference_stats(cfg.dataset_name, cfg.split, resolution, cache_dir=cfg.cache_dir,
+    return references.reference_stats(cfg.dataset_name, cfg.split, resolution, cache_dir=cfg.cache_dir,
                                   ref_stats=cfg.ref_stats, dataset_config_name=cfg.dataset_config_name,
                                   image_column=cfg.image_column, num_samples=cfg.num_ref_samples, device=device,
                                   batch_size=cfg.feature_batch_size)
 
 
 def _reference_images_to_compute(cfg, resolution: int) -> int:
-    path = metrics.reference_stats_path(cfg.dataset_name, cfg.split, resolution, cache_dir=cfg.cache_dir,
+    path = references.reference_stats_path(cfg.dataset_name, cfg.split, resolution, cache_dir=cfg.cache_dir,
                                         ref_stats=cfg.ref_stats, dataset_config_name=cfg.dataset_config_name,
                                         image_column=cfg.image_column, num_samples=cfg.num_ref_samples)
     if path.is_file():

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import metrics
+from . import metrics, references
 
 
 class PeriodicEvaluation:
@@ -26,7 +26,7 @@ class PeriodicEvaluation:
     def __call__(self, model) -> dict:
         cfg = self.cfg
         if self.reference is None:
-            self.reference = metrics.reference_stats(cfg.dataset_name, cfg.eval_split, cfg.resolution,
+            self.reference = references.reference_stats(cfg.dataset_name, cfg.eval_split, cfg.resolution,
                                                      cache_dir=cfg.cache_dir, dataset_config_name=cfg.dataset_config_name,
                                                      image_column=cfg.image_column, device=self.device)
         n, batch, predicted = cfg.eval_num_samples, cfg.eval_batch_size, []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difftrain import metrics
+from difftrain import metrics, references
 from difftrain.data.builtin import FASHION_MNIST_DIR
 from difftrain.errors import UserError
 
@@ -15,7 +15,7 @@ N_OTHER = 16
 
 
 def pixels(dataset, n):
-    images = metrics.reference_images(dataset, "test", 32, num_samples=n)
+    images = references.reference_images(dataset, "test", 32, num_samples=n)
     return np.stack(images[:]["pixels"])
 
 
@@ -138,7 +138,7 @@ def test_stats_roundtrip(tmp_path, features):
 @pytest.fixture
 def stats_dir(tmp_path, monkeypatch):
     folder = tmp_path / "stats"
-    monkeypatch.setattr(metrics, "stats_cache_dir", lambda cache_dir=None: folder)
+    monkeypatch.setattr(references, "stats_cache_dir", lambda cache_dir=None: folder)
     return folder
 
 
@@ -156,22 +156,22 @@ def counted_features(monkeypatch):
 
 
 def test_reference_stats_are_cached_and_reused(stats_dir, counted_features):
-    first = metrics.reference_stats("mnist", "test", 16, num_samples=20)
+    first = references.reference_stats("mnist", "test", 16, num_samples=20)
     assert sum(counted_features) == 20
     files = list(stats_dir.glob("*.npz"))
     assert len(files) == 1 and "mnist-test-16px-first20" in files[0].name
-    again = metrics.reference_stats("mnist", "test", 16, num_samples=20)
+    again = references.reference_stats("mnist", "test", 16, num_samples=20)
     assert sum(counted_features) == 20  # the feature extractor was not called again
     assert np.array_equal(first.mu, again.mu) and np.array_equal(first.features, again.features)
-    metrics.reference_stats("mnist", "test", 8, num_samples=20)  # another resolution: another file
+    references.reference_stats("mnist", "test", 8, num_samples=20)  # another resolution: another file
     assert sum(counted_features) == 40 and len(list(stats_dir.glob("*.npz"))) == 2
 
 
 def test_ref_stats_path_is_written_then_used(tmp_path, stats_dir, counted_features):
     path = tmp_path / "ref" / "mnist.npz"
-    metrics.reference_stats("mnist", "test", 16, ref_stats=path, num_samples=10)
+    references.reference_stats("mnist", "test", 16, ref_stats=path, num_samples=10)
     assert path.is_file() and sum(counted_features) == 10
-    stats = metrics.reference_stats("mnist", "test", 16, ref_stats=path, num_samples=10)
+    stats = references.reference_stats("mnist", "test", 16, ref_stats=path, num_samples=10)
     assert sum(counted_features) == 10 and stats.meta["resolution"] == 16 and stats.n == 10
 
 
@@ -179,9 +179,9 @@ def test_bad_ref_stats_file_and_missing_split_are_one_line_errors(tmp_path, stat
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not an npz")
     with pytest.raises(UserError, match="--ref_stats .*not a statistics file"):
-        metrics.reference_stats("mnist", ref_stats=bad)
+        references.reference_stats("mnist", ref_stats=bad)
     with pytest.raises(UserError, match="--split"):
-        metrics.reference_stats("mnist", "nosuch", 16)
+        references.reference_stats("mnist", "nosuch", 16)
 
 
 def test_missing_weights_package_says_how_to_install(monkeypatch):

@@ -367,7 +367,8 @@ class LoraTextToImageConfig(TextToImageConfig):
 
 @dataclass
 class UnconditionalConfig(TrainConfig):
-    """train_unconditional.py: every TrainConfig option, plus class conditioning (--class_conditional)."""
+    """train_unconditional.py: every TrainConfig option, plus class conditioning (--class_conditional) and latent
+    diffusion (--vae_name_or_path)."""
 
     class_conditional: bool = opt(False, "Condition on the dataset's class labels (--label_column): a UNet2DModel with "
                                   "one class embedding per class plus 'no class', trained with --label_dropout so "
@@ -381,9 +382,21 @@ class UnconditionalConfig(TrainConfig):
         f"(unset: {CLASS_GUIDANCE}).")
     eval_classifier: str | None = opt(None, "Class-conditional, with --eval_steps: a classifier folder (evaluate.py "
                                       "train-classifier); logs the fraction of samples of class k read as class k.")
+    vae_name_or_path: str | None = opt(
+        None, "Train in a frozen VAE's latent space: an AutoencoderKL (folder, Hub id, or pipeline folder with vae/), "
+        "or 'mock' (parameter-free: average-pool by --mock_vae_factor, nearest upsample back; to debug the latent "
+        "path). The output loads in difftrain's LatentDiffusionPipeline.")
+    mock_vae_factor: int = opt(2, "--vae_name_or_path mock: its downsampling factor (a power of two).")
+    cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
 
     def validate(self) -> None:
         super().validate()
+        if self.mock_vae_factor != _default(type(self), "mock_vae_factor") and self.vae_name_or_path != "mock":
+            raise UserError("--mock_vae_factor sets the mock VAE's downsampling; pass --vae_name_or_path mock or drop it.")
+        if self.mock_vae_factor < 1 or self.mock_vae_factor & (self.mock_vae_factor - 1):
+            raise UserError(f"--mock_vae_factor must be a power of two, 1, 2, 4, ... (got {self.mock_vae_factor}).")
+        if self.cache_latents and not self.vae_name_or_path:
+            raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path (an AutoencoderKL, or mock).")
         if not self.class_conditional:
             changed = [f"--{n}" for n in ("label_column", "label_dropout", "validation_guidance_scale", "eval_classifier")
                        if getattr(self, n) != _default(type(self), n)]

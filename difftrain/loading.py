@@ -35,7 +35,7 @@ class Model:
     weights: str  # "unet" or "unet_ema"
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
-    vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL between images and latents
+    vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL (or mock) between images and latents
     guidance_scale: float | None = None  # text/class models: the scale its run sampled its grids at
     class_names: list[str] | None = None  # class-conditional models: what --class_label names
 
@@ -167,7 +167,8 @@ def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
 
 
 def _latent_vae(folder: Path, device, dtype):
-    """The vae/ saved beside the UNet (latent-space models only), else None."""
+    """The vae/ saved beside the UNet (latent-space models only), else None: an AutoencoderKL, or the MockAutoencoder
+    of a `--vae_name_or_path mock` run (load_vae reads which from its config.json)."""
     if not (folder / "vae").is_dir():
         return None
     from .latents import load_vae

@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image, ImageDraw
 
+from . import latents  # imported here: diffusers loads a vae/ of library "difftrain.latents" only once it is imported
 from .classes import CLASS_GUIDANCE
 from .data.images import to_uint8
 
@@ -211,3 +212,50 @@ class ClassConditionalPipeline(DiffusionPipeline):
         x = generate(guided_predictor(self.unet, ids, null, guidance_scale, key="class_labels"), self.scheduler, shape,
                      list(range(seed, seed + len(ids))), num_inference_steps, self.device)
         return _pipeline_output(to_uint8(x), output_type)
+
+
+class LatentDiffusionPipeline(DiffusionPipeline):
+    """A UNet2DModel in a frozen VAE's latent space (an AutoencoderKL, or difftrain's MockAutoencoder), unconditional
+    or with class embeddings (class_names; sampled with classifier-free guidance): what `train_unconditional.py
+    --vae_name_or_path VAE` writes.
+
+        pipe = LatentDiffusionPipeline.from_pretrained("ddpm-latent")
+        images = pipe(num_images=4).images                  # a class model: pipe(class_labels=["7", "3"])
+
+    Image k comes from a generator seeded `seed + k` alone, as in sample.py; the saved scheduler is the training one."""
+
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, unet, scheduler, vae, class_names: list[str] | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(class_names=class_names)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if not self.unet.config.get("num_class_embeds"):
+            return None
+        return self.config.class_names or [str(k) for k in range(self.unet.config.num_class_embeds - 1)]
+
+    @torch.no_grad()
+    def __call__(self, class_labels: int | str | list | None = None, num_images: int = 1,
+                 guidance_scale: float = CLASS_GUIDANCE, num_inference_steps: int = 50, seed: int = 0,
+                 output_type: str = "pil"):
+        from .classes import label_ids
+
+        if self.class_names is None:
+            if class_labels is not None:
+                raise ValueError("class_labels: this model is unconditional (no class embeddings).")
+            predict = unet_predictor(self.unet)
+        else:
+            requested = ["all"] if class_labels is None else class_labels  # None: one image per class
+            requested = requested if isinstance(requested, list) else [requested]
+            ids = torch.tensor(label_ids([str(c) for c in requested], self.class_names, "class_labels"),
+                               device=self.device)
+            null = torch.full_like(ids, len(self.class_names)) if guidance_scale != 1.0 else None
+            predict, num_images = guided_predictor(self.unet, ids, null, guidance_scale, key="class_labels"), len(ids)
+        size = self.unet.config.sample_size
+        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        x = generate(predict, self.scheduler, shape, list(range(seed, seed + num_images)), num_inference_steps,
+                     self.device)
+        return _pipeline_output(to_uint8(latents.decode(self.vae, x)), output_type)

@@ -8,7 +8,6 @@ the VAE runs once per image (and once per mirror image with --random_flip)."""
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,21 +15,13 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from .data import augment, decode_images, load_source_dataset, to_uint8
+from .data import decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
 from .config import grid_guidance, uses_ema
 from . import lora
 from .errors import UserError
-from .latents import (
-    cache_latents,
-    check_latent_resolution,
-    decode,
-    encode_distribution,
-    latent_cache_root,
-    latents_from_distribution,
-    load_vae,
-)
-from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
+from .latents import DenoisingSpace, load_vae
+from .models import build_unet, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
 from .pipelines import generate, guided_predictor, image_grid
 from .schedulers import default_scheduler, scheduler_from_training_config
@@ -136,19 +127,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
                                         UNet2DConditionModel)
     else:
         architecture = cfg.unet
-    if vae is not None:
-        size = check_latent_resolution(cfg.resolution, vae, architecture, UNet2DConditionModel)
-        vae_mode = {1: "L", 3: "RGB"}.get(vae.config.in_channels)
-        if cfg.image_mode == "auto":  # grayscale data into an RGB VAE: decode the images as RGB
-            image_mode = vae_mode or cfg.image_mode
-        elif cfg.image_mode != vae_mode:
-            raise UserError(f"--image_mode {cfg.image_mode} gives {len(cfg.image_mode)}-channel images but the VAE "
-                            f"takes {vae.config.in_channels}; use --image_mode auto.")
-        else:
-            image_mode = cfg.image_mode
-    else:
-        check_resolution(cfg.resolution, architecture, UNet2DConditionModel)
-        size, image_mode = cfg.resolution, cfg.image_mode
+    space = DenoisingSpace(cfg, vae, architecture, UNet2DConditionModel)  # pixels, or the VAE's latents
+    size, image_mode = space.size, space.image_mode
 
     with accelerator.main_process_first():  # rank 0 decodes, encodes and caches; the others read the caches
         source = load_source_dataset(cfg)
@@ -161,16 +141,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
         table = CaptionEmbeddings.build(encoder, captions, text_cache_root(cfg.cache_dir), dtype=weight_dtype,
                                         device=device)
         encoder.to("cpu")  # every caption is in the table: the encoder is not needed on the device any more
-        latents = None
-        if vae is not None:
-            vae.to(device, weight_dtype)
-            if cfg.cache_latents:
-                if not cfg.center_crop and any(p.shape[-2:] != (cfg.resolution,) * 2 for p in images[:8]["pixels"]):
-                    warnings.warn("--cache_latents encodes the centre crop of non-square images (random crops would "
-                                  "need one latent per crop); pass --center_crop to say so.", stacklevel=1)
-                latents = cache_latents(vae, images, cfg.resolution, latent_cache_root(cfg.cache_dir),
-                                        flipped=cfg.random_flip)
-    channels = vae.config.latent_channels if vae is not None else images[0]["pixels"].shape[0]
+        space.prepare(images, device, weight_dtype)  # the VAE on the device; --cache_latents encodes here
+    channels = space.channels(images)
     unet = make_unet(cfg, encoder, size, channels)
     if cfg.rank is not None:  # the base frozen, adapters trained
         lora.add_adapter(unet, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -180,26 +152,13 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
             unet.to(dtype=weight_dtype)
             cast_training_params(unet, dtype=torch.float32)
-    scheduler = noise_scheduler_for(cfg)
-    if vae is not None and scheduler.config.get("clip_sample"):  # latents are not in [-1, 1]: samplers must not clip
-        scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
+    scheduler = space.training_scheduler(noise_scheduler_for(cfg))  # latent space: clip_sample off
     objective = objective_for(cfg, scheduler)
-
-    def model_input(batch) -> torch.Tensor:
-        if latents is not None:  # cached distributions: (B, 1 or 2 views, 2C, h, w); view 1 is the mirror image
-            params = batch["latents"].to(device)
-            if params.shape[1] == 2:
-                flip = (torch.rand(params.shape[0]) < 0.5).long().to(device)
-                params = params[torch.arange(params.shape[0], device=device), flip]
-            else:
-                params = params[:, 0]
-            return latents_from_distribution(vae.config, params)
-        x = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=device)
-        return latents_from_distribution(vae.config, encode_distribution(vae, x)) if vae is not None else x
 
     def loss(model, batch):
         context = table.lookup(pick_captions(batch["caption_ids"], cfg.caption_dropout)).float()
-        return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample, model_input(batch))
+        return objective.loss(lambda x, t: model(x, t, encoder_hidden_states=context).sample,
+                              space.model_input(batch, device))
 
     guidance = grid_guidance(cfg.validation_guidance_scale, cfg.pretrained_model_name_or_path)
     per_prompt = cfg.num_validation_images or -(-cfg.eval_batch_size // len(prompts))  # a column per prompt
@@ -209,7 +168,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         cond = table.embed(prompts).float()
         predict = guided_predictor(model, cond, table.lookup([EMPTY] * len(cond)).float(), guidance)
         x = generate(predict, sampler, (channels, size, size), seeds, cfg.validation_inference_steps, device)
-        return to_uint8(decode(vae, x) if vae is not None else x)
+        return to_uint8(space.decode(x))
 
     def grid(model):  # one column per validation prompt, fixed seeds: grids from different steps compare
         grid_prompts = [p for _ in range(per_prompt) for p in prompts]
@@ -248,7 +207,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         model.save_pretrained(str(folder / "unet"))
         scheduler.save_pretrained(str(folder / "scheduler"))
 
-    return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, latents), loss=loss,
+    return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, space.latents), loss=loss,
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,
                   save_frozen=None if cfg.rank is not None else save_frozen, generate=generate_images, eval_prompts=prompts, scheduler=scheduler,
                   eval_classifier=cfg.eval_classifier,

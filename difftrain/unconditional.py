@@ -1,22 +1,28 @@
 """The recipe of train_unconditional.py: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline; with
 --class_conditional, a UNet2DModel with class embeddings trained for classifier-free guidance, saved as a
-ClassConditionalPipeline."""
+ClassConditionalPipeline; with --vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace,
+shared with text-to-image), saved as a LatentDiffusionPipeline."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, label_ids, read_labels
-from .data import augment, decode_images, load_source_dataset
+from .data import decode_images, load_source_dataset
 from .errors import UserError
-from .models import build_unet, check_resolution, load_pretrained_unet, load_unet_config, noise_scheduler_for
+from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae
+from .models import build_unet, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
 from .pipeline_code import write_pipeline_code
 from .data import to_uint8
-from .pipelines import ClassConditionalPipeline, generate, guided_predictor, image_grid, unet_predictor
+from .pipelines import (ClassConditionalPipeline, LatentDiffusionPipeline, generate, guided_predictor, image_grid,
+                        unet_predictor)
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .trainer import Recipe
+from .utils import DTYPES
 
 DATA_SHAPE_KEYS = ("sample_size", "in_channels", "out_channels")
 
@@ -31,7 +37,25 @@ def unet_architecture(cfg) -> dict:
     return cfg.unet
 
 
-def make_unet(cfg, architecture: dict, channels: int, num_classes: int | None) -> UNet2DModel:
+def vae_source(cfg) -> str | None:
+    """--vae_name_or_path, else the vae/ of the latent run continued with --pretrained_model_name_or_path (its UNet
+    denoises those latents), else None: pixel space."""
+    pretrained = cfg.pretrained_model_name_or_path
+    if cfg.vae_name_or_path or not pretrained:
+        return cfg.vae_name_or_path
+    return str(Path(pretrained) / "vae") if (Path(pretrained) / "vae" / "config.json").is_file() else None
+
+
+def frozen_vae(source: str | None, cfg):
+    """The VAE of a latent run (the mock's channels are the data's: DenoisingSpace.prepare sets them), else None."""
+    if not source:
+        return None
+    if source == MOCK:
+        return MockAutoencoder(factor=cfg.mock_vae_factor).eval()
+    return load_vae(source, flag="--vae_name_or_path" if cfg.vae_name_or_path else "--pretrained_model_name_or_path")
+
+
+def make_unet(cfg, architecture: dict, size: int, channels: int, num_classes: int | None) -> UNet2DModel:
     """A fresh UNet (with num_classes + 1 class embeddings for a class model: the last is "no class"), or the
     pretrained one, whose class embeddings must match the data's classes."""
     embeds = num_classes + 1 if num_classes else None
@@ -47,24 +71,30 @@ def make_unet(cfg, architecture: dict, channels: int, num_classes: int | None) -
         raise UserError(f"unet.num_class_embeds is {architecture['num_class_embeds']} but the data has {num_classes} "
                         f"classes (+1 for no class); drop it from the config.")
     extra = {"num_class_embeds": embeds} if embeds else {}
-    return build_unet(architecture, resolution=cfg.resolution, channels=channels, **extra)
+    return build_unet(architecture, resolution=size, channels=channels, **extra)
 
 
 def build_recipe(cfg, accelerator) -> Recipe:
     architecture = unet_architecture(cfg)
-    check_resolution(cfg.resolution, architecture)
-    with accelerator.main_process_first():  # rank 0 decodes and caches; the others then read the cache
+    vae_from = vae_source(cfg)  # the frozen VAE's folder (or mock): read again by save_frozen
+    vae = frozen_vae(vae_from, cfg)
+    space = DenoisingSpace(cfg, vae, architecture, UNet2DModel)  # a bad resolution fails before any decoding
+    device = accelerator.device
+    with accelerator.main_process_first():  # rank 0 decodes (and encodes) and caches; the others then read the cache
         source = load_source_dataset(cfg)
         labels, names = read_labels(source, cfg.label_column) if cfg.class_conditional else (None, None)
-        dataset = decode_images(cfg, source)
-    unet = make_unet(cfg, architecture, channels=dataset[0]["pixels"].shape[0], num_classes=len(names) if names else None)
-    scheduler = noise_scheduler_for(cfg)  # for EDM: an EDMEulerScheduler, so sampling applies the same scalings
+        dataset = decode_images(cfg, source, space.image_mode)
+        space.prepare(dataset, device, DTYPES.get(accelerator.mixed_precision, torch.float32))
+    unet = make_unet(cfg, architecture, space.size, channels=space.channels(dataset),
+                     num_classes=len(names) if names else None)
+    # for EDM: an EDMEulerScheduler, so sampling applies the same scalings; in latent space, no clipping
+    scheduler = space.training_scheduler(noise_scheduler_for(cfg))
     objective = objective_for(cfg, scheduler)
-    device = accelerator.device
     guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else CLASS_GUIDANCE
+    items = CachedLatents(space.latents) if space.latents is not None else dataset
 
     def loss(model, batch):
-        x0 = augment(batch["pixels"], cfg.resolution, random_flip=cfg.random_flip, device=device)
+        x0 = space.model_input(batch, device)
         if names is None:
             return objective.loss(lambda x, t: model(x, t).sample, x0)
         y = drop_labels(batch["label"].to(device), cfg.label_dropout, null_id=len(names))
@@ -78,7 +108,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         else:
             ids = torch.tensor(label_ids(prompts, names), device=device)
             predict = guided_predictor(model, ids, torch.full_like(ids, len(names)), guidance, key="class_labels")
-        return to_uint8(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device))
+        return to_uint8(space.decode(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device)))
 
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class
         if names is None:
@@ -87,8 +117,19 @@ def build_recipe(cfg, accelerator) -> Recipe:
         shown = [c for _ in range(-(-cfg.eval_batch_size // len(columns))) for c in columns]
         return image_grid(generate_images(model, list(range(len(shown))), shown), cols=len(columns))
 
+    def save_frozen(folder) -> None:
+        """vae/, written once at the start so every checkpoint-N/ of the run is samplable at once: a real VAE read
+        again from its source in its saved dtype (the training copy may be fp16/bf16)."""
+        mock = isinstance(space.vae, MockAutoencoder)  # its config is all there is to save
+        (space.vae if mock else load_vae(vae_from)).save_pretrained(folder / "vae")
+
     def save_pipeline(model, folder) -> None:
-        if names is None:
+        if vae is not None:  # model_index.json, unet/ and scheduler/; vae/ is on disk since the start
+            pipe = LatentDiffusionPipeline(unet=model, scheduler=scheduler, vae=space.vae, class_names=names)
+            pipe.save_config(str(folder))
+            model.save_pretrained(str(folder / "unet"))
+            scheduler.save_pretrained(str(folder / "scheduler"))
+        elif names is None:
             DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
         else:
             ClassConditionalPipeline(unet=model, scheduler=scheduler, class_names=names).save_pretrained(folder)
@@ -97,14 +138,17 @@ def build_recipe(cfg, accelerator) -> Recipe:
     return Recipe(
         model=unet,
         generate=generate_images,
-        dataset=dataset if names is None else LabelledImages(dataset, labels),
+        dataset=items if names is None else LabelledImages(items, labels),
         loss=loss,
         save_pipeline=save_pipeline,
         sample_grid=grid,
-        pipeline_class="DDPMPipeline" if names is None else "ClassConditionalPipeline",
+        pipeline_class="LatentDiffusionPipeline" if vae is not None else
+        "DDPMPipeline" if names is None else "ClassConditionalPipeline",
+        save_frozen=save_frozen if vae is not None else None,
         scheduler=scheduler,
         eval_prompts=names,
         eval_classifier=cfg.eval_classifier,
         resolved={"prediction_type": scheduler.config.prediction_type,
+                  **({"image_mode": space.image_mode} if vae is not None else {}),
                   **({"class_names": names, "validation_guidance_scale": guidance} if names else {})},
     )

@@ -12,13 +12,13 @@ a fine-tuned Stable Diffusion with StableDiffusionPipeline.from_pretrained(outpu
 
 import sys
 
-from difftrain import config, trainer
+from difftrain import config, text_config, trainer
 from difftrain.cli import run
 from difftrain.text_to_image import build_recipe
 
 
 def main(argv: list[str]) -> None:
-    cfg = config.parse(config.TextToImageConfig, argv, description=__doc__)
+    cfg = config.parse(text_config.TextToImageConfig, argv, description=__doc__)
     trainer.train(cfg, build_recipe)
 
 

@@ -14,13 +14,13 @@ The output folder holds pytorch_lora_weights.safetensors:
 
 import sys
 
-from difftrain import config, trainer
+from difftrain import config, text_config, trainer
 from difftrain.cli import run
 from difftrain.text_to_image import build_recipe
 
 
 def main(argv: list[str]) -> None:
-    cfg = config.parse(config.LoraTextToImageConfig, argv, description=__doc__)
+    cfg = config.parse(text_config.LoraTextToImageConfig, argv, description=__doc__)
     trainer.train(cfg, build_recipe)
 
 

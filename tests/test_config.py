@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from difftrain import config
+from difftrain import config, text_config
 from difftrain.config import TrainConfig
 from difftrain.errors import UserError
 
@@ -14,7 +14,7 @@ def test_defaults_are_the_mnist_recipe():
 
 
 def test_text_defaults_are_the_mnist_text_recipe():
-    cls = config.TextToImageConfig
+    cls = text_config.TextToImageConfig
     assert config.parse(cls, []) == config.parse(cls, ["--config", "configs/mnist_text.yaml"])
 
 
@@ -22,7 +22,7 @@ def test_text_options_are_checked():
     for flags, message in ((["--caption_dropout", "1.0"], "--caption_dropout must be in"),
                            (["--cache_latents"], "--cache_latents needs a VAE")):
         with pytest.raises(UserError, match=message):
-            config.parse(config.TextToImageConfig, flags)
+            config.parse(text_config.TextToImageConfig, flags)
     with pytest.raises(UserError, match="unknown option '--caption_column'"):  # text options are not unconditional's
         config.parse(TrainConfig, ["--caption_column", "text"])
 
@@ -94,7 +94,7 @@ def test_help_lists_every_option(capsys):
 
 def test_readme_documents_every_flag():
     readme = (__import__("conftest").ROOT / "README.md").read_text()
-    missing = [name for name in config.fields_of(config.TextToImageConfig) if f"`--{name}`" not in readme]
+    missing = [name for name in config.fields_of(text_config.TextToImageConfig) if f"`--{name}`" not in readme]
     assert not missing, f"README flag table lacks {missing}"
 
 
@@ -107,7 +107,7 @@ def _readme_defaults(section: str) -> dict:
 def test_readme_flag_tables_state_the_code_defaults():
     readme = (__import__("conftest").ROOT / "README.md").read_text()
     unconditional, text = readme.split("## Text-to-image", 1)
-    for cls, section in ((TrainConfig, unconditional), (config.TextToImageConfig, text.split("## LoRA")[0])):
+    for cls, section in ((TrainConfig, unconditional), (text_config.TextToImageConfig, text.split("## LoRA")[0])):
         documented = _readme_defaults(section)
         for name, f in config.fields_of(cls).items():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -118,7 +118,8 @@ def test_readme_flag_tables_state_the_code_defaults():
 
 def test_default_recipes_are_pinned():
     """The defaults the Quality section measured (README): changing one is a deliberate act, with new figures."""
-    from difftrain.config import TextToImageConfig, uses_ema
+    from difftrain.config import uses_ema
+    from difftrain.text_config import TextToImageConfig
 
     cfg = TrainConfig()
     assert (cfg.resolution, cfg.num_epochs, cfg.train_batch_size, cfg.learning_rate, cfg.lr_warmup_steps) == \
@@ -149,7 +150,7 @@ def test_gpu_presets_parse_and_build(path):
     from difftrain.models import build_unet
 
     text = "text" in path
-    cls = config.TextToImageConfig if text else TrainConfig
+    cls = text_config.TextToImageConfig if text else TrainConfig
     cfg = config.parse(cls, ["--config", str(__import__("conftest").ROOT / path)])
     assert cfg.train_batch_size >= 256 and cfg.mixed_precision == "bf16"
     extra = {"cross_attention_dim": 384} if text else {}

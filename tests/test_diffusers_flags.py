@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from difftrain import config
+from difftrain import config, text_config
 from difftrain.data.images import INTERPOLATION_MODES, resize_shorter_side
 
 TINY = ["--config", ROOT / "configs/tiny.yaml"]
@@ -15,7 +15,7 @@ SHORT = [*TINY, "--max_train_steps", 4, "--checkpointing_steps", 4, "--validatio
 
 
 def test_aliases_mean_what_diffusers_means():
-    cfg = config.parse(config.TextToImageConfig, ["--num_train_epochs", "7", "--validation_epochs", "3",
+    cfg = config.parse(text_config.TextToImageConfig, ["--num_train_epochs", "7", "--validation_epochs", "3",
                                                   "--validation_prompt", "a cat", "--logger", "none"])
     assert (cfg.num_epochs, cfg.save_images_epochs, cfg.validation_prompts, cfg.report_to) == (7, 3, ["a cat"], "none")
 
@@ -23,7 +23,7 @@ def test_aliases_mean_what_diffusers_means():
 def test_interpolation_modes_are_diffusers_names_and_change_the_resize():
     # torchvision's InterpolationMode names, which diffusers offers as --image_interpolation_mode choices
     assert set(INTERPOLATION_MODES) == {"nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos"}
-    assert config.TextToImageConfig().image_interpolation_mode == "lanczos"  # diffusers' text-to-image default
+    assert text_config.TextToImageConfig().image_interpolation_mode == "lanczos"  # diffusers' text-to-image default
     stripes = Image.fromarray((np.indices((30, 30)).sum(0) % 3 * 120).astype(np.uint8))
     out = {m: resize_shorter_side(stripes, 16, "L", True, m) for m in ("nearest", "bilinear", "lanczos")}
     assert not np.array_equal(out["nearest"], out["bilinear"]) and not np.array_equal(out["bilinear"], out["lanczos"])
@@ -69,7 +69,7 @@ def test_dream_trains_epsilon_models_and_refuses_others(tmp_path, train_uncondit
 ])
 def test_meaningless_combinations_are_one_line(flags, message):
     with pytest.raises(config.UserError, match=message):
-        config.parse(config.TextToImageConfig, flags)
+        config.parse(text_config.TextToImageConfig, flags)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,8 +77,8 @@ def test_meaningless_combinations_are_one_line(flags, message):
 
 from diffusers_example_flags import FLAGS, README_COMMANDS  # noqa: E402
 
-SCHEMAS = {"train_unconditional": config.TrainConfig, "train_text_to_image": config.TextToImageConfig,
-           "train_text_to_image_lora": config.LoraTextToImageConfig}
+SCHEMAS = {"train_unconditional": config.TrainConfig, "train_text_to_image": text_config.TextToImageConfig,
+           "train_text_to_image_lora": text_config.LoraTextToImageConfig}
 # values diffusers' parsers accept that need a context to mean something here
 CONTEXT = {"dream_detail_preservation": ["--dream_training", "--prediction_type", "epsilon"],
            "offload_ema": ["--use_ema"], "foreach_ema": ["--use_ema"]}

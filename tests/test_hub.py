@@ -65,10 +65,10 @@ def test_default_repo_id_is_the_output_folder_name(tmp_path):
 
 
 def test_text_to_image_cards_show_a_prompt():
-    from difftrain import config
+    from difftrain import config, text_config
     from difftrain.hub import model_card
 
-    cfg = config.parse(config.TextToImageConfig, ["--validation_prompts", "a red circle"])
+    cfg = config.parse(text_config.TextToImageConfig, ["--validation_prompts", "a red circle"])
     plain = ('from diffusers import DiffusionPipeline\n\n'
              '# trust_remote_code: the pipeline\'s class is the code in the repo\'s pipeline.py\n'
              'pipeline = DiffusionPipeline.from_pretrained("me/t2i", custom_pipeline="pipeline", trust_remote_code=True)')
@@ -91,10 +91,10 @@ def test_class_conditional_cards_load_in_plain_diffusers():
 
 
 def test_lora_cards_name_the_base_and_load_the_adapters_on_it():
-    from difftrain import config
+    from difftrain import config, text_config
     from difftrain.hub import model_card
 
-    cfg = config.parse(config.TextToImageConfig, ["--pretrained_model_name_or_path", "me/base-sd", "--rank", "8",
+    cfg = config.parse(text_config.TextToImageConfig, ["--pretrained_model_name_or_path", "me/base-sd", "--rank", "8",
                                                   "--validation_prompts", "a red circle"])
     card = model_card(cfg, repo_id="me/sd-lora", global_step=3, pipeline_class="StableDiffusionPipeline", grid=None)
     assert "base_model: me/base-sd" in card and "Rank-8 LoRA" in card and "- lora" in card

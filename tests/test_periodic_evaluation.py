@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-from difftrain.config import DIGIT_PROMPTS
+from difftrain.text_config import DIGIT_PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ import re
 import sys
 from pathlib import Path
 
-from difftrain import config, inference_config
+from difftrain import config, inference_config, text_config
 from difftrain.options import flag_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {  # marker → (schema, the schema whose flags it leaves out)
     "train_unconditional": (config.UnconditionalConfig, None),
-    "train_text_to_image": (config.TextToImageConfig, config.TrainConfig),
-    "train_text_to_image_lora": (config.LoraTextToImageConfig, config.TextToImageConfig),
+    "train_text_to_image": (text_config.TextToImageConfig, config.TrainConfig),
+    "train_text_to_image_lora": (text_config.LoraTextToImageConfig, text_config.TextToImageConfig),
     "sample": (inference_config.SampleConfig, None),
     "evaluate": (inference_config.EvaluateConfig, None),
 }

@@ -63,7 +63,7 @@ def test_pick_is_uniform_over_a_rows_captions_and_drops_at_the_given_rate():
 
 
 def test_default_validation_prompts_fit_the_dataset():
-    from difftrain.config import DIGIT_PROMPTS
+    from difftrain.text_config import DIGIT_PROMPTS
     from difftrain.data.captions import default_validation_prompts
 
     rows = [["a cat", "a small cat"], ["a dog"], ["a cat"], ["a bird"], ["a fish"], ["a frog"]]

@@ -28,8 +28,9 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         library_name="diffusers",
         license="apache-2.0",
         tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"]
-        + {"DDPMPipeline": ["unconditional-image-generation"], "ClassConditionalPipeline": ["class-conditional"]}.get(
-            pipeline_class, ["text-to-image"]) + (["lora"] if rank else []),
+        + {"DDPMPipeline": ["unconditional-image-generation"], "ClassConditionalPipeline": ["class-conditional"],
+           "LatentDiffusionPipeline": ["latent-diffusion"]}.get(pipeline_class, ["text-to-image"])
+        + (["lora"] if rank else []),
         datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
         base_model=cfg.pretrained_model_name_or_path or None,
     )
@@ -71,6 +72,10 @@ USAGE = {
     "TextToImagePipeline": '{loader}\n\n{load}\nimages = pipeline("{prompt}", guidance_scale={guidance}).images',
     "ClassConditionalPipeline": '{loader}\n\n{load}\n'
                                 'images = pipeline(class_labels=pipeline.class_names[:4], guidance_scale={guidance}).images',
+    # a latent run's vae/ may be difftrain's MockAutoencoder, which has no plain-diffusers loader
+    "LatentDiffusionPipeline": 'from difftrain.pipelines import LatentDiffusionPipeline\n\n'
+                               'pipeline = LatentDiffusionPipeline.from_pretrained("{repo_id}")\n'
+                               'images = pipeline(num_images=4).images  # class models: class_labels=[...]',
 }
 # difftrain's own pipelines load in plain diffusers: their folder carries their code (pipeline_code.py)
 PLAIN_DIFFUSERS = ("from diffusers import DiffusionPipeline",
@@ -88,7 +93,7 @@ LORA_USAGE = ('{loader}\n\n{load_base}\n'
 def _guidance(cfg, pipeline_class: str) -> float:
     """The guidance scale the run's grids used: the one to sample it at."""
     asked = getattr(cfg, "validation_guidance_scale", None)
-    if pipeline_class == "ClassConditionalPipeline":
+    if pipeline_class in ("ClassConditionalPipeline", "LatentDiffusionPipeline"):
         return asked if asked is not None else CLASS_GUIDANCE
     return grid_guidance(asked, cfg.pretrained_model_name_or_path)
 

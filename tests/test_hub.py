@@ -116,3 +116,11 @@ def test_push_to_hub_offline_fails_before_training(tmp_path, train_unconditional
     err = capsys.readouterr().err
     assert "--push_to_hub: the Hub cannot be used" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_latent_runs_card_loads_it_with_difftrains_pipeline():
+    from difftrain import config
+
+    card = hub.model_card(config.UnconditionalConfig(vae_name_or_path="mock"), repo_id="me/latent", global_step=5,
+                          pipeline_class="LatentDiffusionPipeline", grid=None)
+    assert 'LatentDiffusionPipeline.from_pretrained("me/latent")' in card and "latent-diffusion" in card

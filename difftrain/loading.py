@@ -127,6 +127,10 @@ def _load_unet(folder: Path, dtype: torch.dtype):
     if isinstance(unet, UNet2DModel) and unet.config.get("class_embed_type"):
         raise UserError(f"{folder}: a UNet2DModel with class_embed_type {unet.config.class_embed_type}; sample.py "
                         "samples class models with num_class_embeds (train_unconditional.py --class_conditional).")
+    if unet.config.in_channels != unet.config.out_channels:  # e.g. Stable Diffusion inpainting's 9-channel UNet
+        raise UserError(f"{folder}: a UNet taking {unet.config.in_channels} channels and predicting "
+                        f"{unet.config.out_channels} (an inpainting UNet with masked-image input); sample.py does not "
+                        "drive those: use diffusers' StableDiffusionInpaintPipeline.")
     return unet
 
 

@@ -73,3 +73,16 @@ def test_misuse_is_one_line(overfit_epsilon_model, tmp_path, capsys, flags, mess
     assert sample("--model", overfit_epsilon_model, "--output_dir", tmp_path / "out", *flags) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_inpainting_unet_with_masked_image_input_is_refused_in_one_line(tmp_path, capsys):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = tmp_path / "inpaint-unet"
+    UNet2DModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(8, 16), norm_num_groups=8,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")
+                ).save_pretrained(folder / "unet")
+    DDPMScheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    assert sample("--model", folder, "--output_dir", tmp_path / "out") == 2
+    assert "an inpainting UNet with masked-image input" in capsys.readouterr().err

@@ -51,9 +51,9 @@ class Model:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """What the UNet denoises: images, or a latent model's latents."""
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else size
-        return self.unet.config.in_channels, h, w
+        from .pipelines import sample_shape
+
+        return sample_shape(self.unet)
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:

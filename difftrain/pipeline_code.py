@@ -44,9 +44,11 @@ TEXT_ENCODER_MEMBERS = ("__init__", "device", "tokenize", "encode")
 # per pipeline: (constants, what its code calls besides SAMPLING, then the class itself)
 NEEDS = {
     "TextToImagePipeline": ({"MAX_TOKENS": text.MAX_TOKENS},
-                            (latents.decode, (text.TextEncoder, TEXT_ENCODER_MEMBERS), pipelines.TextToImagePipeline)),
+                            (latents.decode, (text.TextEncoder, TEXT_ENCODER_MEMBERS), pipelines.sample_shape,
+                             pipelines.TextToImagePipeline)),
     "ClassConditionalPipeline": ({"CLASS_GUIDANCE": classes.CLASS_GUIDANCE},
-                                 (errors.UserError, classes.label_ids, pipelines.ClassConditionalPipeline)),
+                                 (errors.UserError, classes.label_ids, pipelines.class_predictor,
+                                  pipelines.class_names_of, pipelines.sample_shape, pipelines.ClassConditionalPipeline)),
 }
 
 

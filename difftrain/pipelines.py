@@ -135,6 +135,29 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
+def class_predictor(unet, labels: list, names: list[str], guidance_scale: float) -> tuple[Callable, int]:
+    """predict(x_t, t) for class labels (names or ids; "" is "no class"), guided against "no class" (the last class
+    embedding); and the number of images."""
+    from .classes import label_ids
+
+    ids = torch.tensor(label_ids([str(c) for c in labels], names, "class_labels"), device=unet.device)
+    null = torch.full_like(ids, len(names)) if guidance_scale != 1.0 else None
+    return guided_predictor(unet, ids, null, guidance_scale, key="class_labels"), len(ids)
+
+
+def class_names_of(unet, saved: list[str] | None) -> list[str] | None:
+    """A class UNet's class names (as saved, else their ids); None for a UNet without class embeddings."""
+    if not unet.config.get("num_class_embeds"):
+        return None
+    return saved or [str(k) for k in range(unet.config.num_class_embeds - 1)]
+
+
+def sample_shape(unet) -> tuple[int, int, int]:
+    """(channels, h, w) of what the UNet denoises."""
+    size = unet.config.sample_size
+    return (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+
 def _pipeline_output(images_u8: torch.Tensor, output_type: str):
     """diffusers' ImagePipelineOutput of uint8 NCHW images: PIL images, or float NHWC in [0, 1] for "np"."""
     from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
@@ -173,9 +196,7 @@ class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         encoder = TextEncoder(self.tokenizer, self.text_encoder, "pipeline")
         cond = encoder.encode(prompts)
         uncond = encoder.encode([negative_prompt or ""] * len(prompts)) if guidance_scale != 1.0 else None
-        size = self.unet.config.sample_size
-        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        x = generate(guided_predictor(self.unet, cond, uncond, guidance_scale), self.scheduler, shape,
+        x = generate(guided_predictor(self.unet, cond, uncond, guidance_scale), self.scheduler, sample_shape(self.unet),
                      list(range(seed, seed + len(prompts))), num_inference_steps, self.device)
         return _pipeline_output(to_uint8(decode(self.vae, x) if self.vae is not None else x), output_type)
 
@@ -197,20 +218,15 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
     @property
     def class_names(self) -> list[str]:
-        return self.config.class_names or [str(k) for k in range(self.unet.config.num_class_embeds - 1)]
+        return class_names_of(self.unet, self.config.class_names)
 
     @torch.no_grad()
     def __call__(self, class_labels: int | str | list, guidance_scale: float = CLASS_GUIDANCE,
                  num_inference_steps: int = 50, seed: int = 0, output_type: str = "pil"):
-        from .classes import label_ids
-
-        requested = class_labels if isinstance(class_labels, list) else [class_labels]
-        ids = torch.tensor(label_ids([str(c) for c in requested], self.class_names, "class_labels"), device=self.device)
-        null = torch.full_like(ids, len(self.class_names)) if guidance_scale != 1.0 else None
-        size = self.unet.config.sample_size
-        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        x = generate(guided_predictor(self.unet, ids, null, guidance_scale, key="class_labels"), self.scheduler, shape,
-                     list(range(seed, seed + len(ids))), num_inference_steps, self.device)
+        labels = class_labels if isinstance(class_labels, list) else [class_labels]
+        predict, n = class_predictor(self.unet, labels, self.class_names, guidance_scale)
+        x = generate(predict, self.scheduler, sample_shape(self.unet), list(range(seed, seed + n)),
+                     num_inference_steps, self.device)
         return _pipeline_output(to_uint8(x), output_type)
 
 
@@ -233,29 +249,20 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     @property
     def class_names(self) -> list[str] | None:
-        if not self.unet.config.get("num_class_embeds"):
-            return None
-        return self.config.class_names or [str(k) for k in range(self.unet.config.num_class_embeds - 1)]
+        return class_names_of(self.unet, self.config.class_names)
 
     @torch.no_grad()
     def __call__(self, class_labels: int | str | list | None = None, num_images: int = 1,
                  guidance_scale: float = CLASS_GUIDANCE, num_inference_steps: int = 50, seed: int = 0,
                  output_type: str = "pil"):
-        from .classes import label_ids
-
         if self.class_names is None:
             if class_labels is not None:
                 raise ValueError("class_labels: this model is unconditional (no class embeddings).")
             predict = unet_predictor(self.unet)
         else:
-            requested = ["all"] if class_labels is None else class_labels  # None: one image per class
-            requested = requested if isinstance(requested, list) else [requested]
-            ids = torch.tensor(label_ids([str(c) for c in requested], self.class_names, "class_labels"),
-                               device=self.device)
-            null = torch.full_like(ids, len(self.class_names)) if guidance_scale != 1.0 else None
-            predict, num_images = guided_predictor(self.unet, ids, null, guidance_scale, key="class_labels"), len(ids)
-        size = self.unet.config.sample_size
-        shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        x = generate(predict, self.scheduler, shape, list(range(seed, seed + num_images)), num_inference_steps,
-                     self.device)
+            labels = ["all"] if class_labels is None else class_labels  # None: one image per class
+            predict, num_images = class_predictor(self.unet, labels if isinstance(labels, list) else [labels],
+                                                  self.class_names, guidance_scale)
+        x = generate(predict, self.scheduler, sample_shape(self.unet), list(range(seed, seed + num_images)),
+                     num_inference_steps, self.device)
         return _pipeline_output(to_uint8(latents.decode(self.vae, x)), output_type)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, label_ids, read_labels
+from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
 from .data import decode_images, load_source_dataset
 from .errors import UserError
 from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae
@@ -18,7 +18,7 @@ from .models import build_unet, load_pretrained_unet, load_unet_config, noise_sc
 from .objectives import objective_for
 from .pipeline_code import write_pipeline_code
 from .data import to_uint8
-from .pipelines import (ClassConditionalPipeline, LatentDiffusionPipeline, generate, guided_predictor, image_grid,
+from .pipelines import (ClassConditionalPipeline, LatentDiffusionPipeline, class_predictor, generate, image_grid,
                         unet_predictor)
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .trainer import Recipe
@@ -94,20 +94,14 @@ def build_recipe(cfg, accelerator) -> Recipe:
     items = CachedLatents(space.latents) if space.latents is not None else dataset
 
     def loss(model, batch):
-        x0 = space.model_input(batch, device)
-        if names is None:
-            return objective.loss(lambda x, t: model(x, t).sample, x0)
-        y = drop_labels(batch["label"].to(device), cfg.label_dropout, null_id=len(names))
-        return objective.loss(lambda x, t: model(x, t, class_labels=y).sample, x0)
+        labels = {} if names is None else {
+            "class_labels": drop_labels(batch["label"].to(device), cfg.label_dropout, null_id=len(names))}
+        return objective.loss(lambda x, t: model(x, t, **labels).sample, space.model_input(batch, device))
 
     def generate_images(model, seeds, prompts=None):  # prompts: class names, for a class model
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
-        if names is None:
-            predict = unet_predictor(model)
-        else:
-            ids = torch.tensor(label_ids(prompts, names), device=device)
-            predict = guided_predictor(model, ids, torch.full_like(ids, len(names)), guidance, key="class_labels")
+        predict = unet_predictor(model) if names is None else class_predictor(model, prompts, names, guidance)[0]
         return to_uint8(space.decode(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device)))
 
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class

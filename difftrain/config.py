@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from .classes import CLASS_GUIDANCE
@@ -17,6 +18,10 @@ from .data.images import INTERPOLATION_MODES
 from .objectives import PREDICTION_TYPES
 # the engine's verbs, used as config.parse(TrainConfig, argv) etc.
 from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict  # noqa: F401
+
+
+# --resume_from_checkpoint hub:USER/REPO[@checkpoint-N] (hub.py downloads it)
+HUB_CHECKPOINT = re.compile(r"hub:(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<name>checkpoint-\d+))?")
 
 
 def _mnist_unet() -> dict:
@@ -126,8 +131,9 @@ class TrainConfig:
     # --- checkpoints, validation, logging ---
     checkpointing_steps: int = opt(500, "Save a resumable checkpoint-N/ every N optimizer updates.")
     checkpoints_total_limit: int | None = opt(None, "Keep at most this many checkpoints (oldest removed).")
-    resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, or a checkpoint folder path ('latest' with no "
-                                             "checkpoint yet starts over, saying so).")
+    resume_from_checkpoint: str | None = opt(None, "latest, checkpoint-N, a checkpoint folder path, or "
+                                             "hub:USER/REPO[@checkpoint-N] (--hub_push_checkpoints' uploads; without "
+                                             "@, the newest); 'latest' with no checkpoint yet starts over, saying so.")
     checkpoint_on_interrupt: bool = opt(True, "On Ctrl-C or SIGTERM, stop at the next update boundary with a checkpoint "
                                         "of that step, so a preempted job loses nothing.")
     save_model_epochs: int = opt(1, "Write the pipeline to output_dir every N epochs (and at the end).")
@@ -151,6 +157,9 @@ class TrainConfig:
     hub_model_id: str | None = opt(None, "Hub repo id (default: the output_dir's name).")
     hub_token: str | None = opt(None, "Hub token (never printed or saved).", secret=True)
     hub_private_repo: bool = opt(False, "Create the Hub repo as private.")
+    hub_push_checkpoints: bool = opt(False, "Also upload each checkpoint-N/ in the background, to the 'checkpoints' "
+                                     "branch of --hub_model_id (--checkpoints_total_limit applies there too); "
+                                     "'latest' then resumes from the Hub when the output folder has no checkpoint.")
 
     def validate(self) -> None:
         """Value checks that need more than a type: one line each, naming the flag."""
@@ -206,6 +215,14 @@ class TrainConfig:
                             "save_to_disk folder with a test split works) or drop --eval_steps.")
         if self.train_data_dir is None and self.dataset_name is None:
             raise UserError("No data: pass --dataset_name (e.g. mnist) or --train_data_dir FOLDER.")
+        if self.hub_push_checkpoints and not (self.push_to_hub and "/" in (self.hub_model_id or "")):
+            # the full id: a resumed job looks its checkpoints up there, before it knows whose token it holds
+            raise UserError("--hub_push_checkpoints uploads to the --push_to_hub repo, named in full: pass "
+                            "--push_to_hub --hub_model_id USER/REPO, or drop --hub_push_checkpoints.")
+        resume = self.resume_from_checkpoint or ""
+        if resume.startswith("hub:") and not HUB_CHECKPOINT.fullmatch(resume):
+            raise UserError(f"--resume_from_checkpoint {resume}: write hub:USER/REPO (its newest checkpoint) or "
+                            "hub:USER/REPO@checkpoint-N.")
 
 
 def check_ranges(cfg, ranges: dict) -> None:

@@ -1,14 +1,22 @@
-"""Push a trained pipeline folder to the Hugging Face Hub, with a model card, in the background."""
+"""Push a trained pipeline folder to the Hugging Face Hub, with a model card, in the background; push checkpoints
+(--hub_push_checkpoints) and resume from them (--resume_from_checkpoint hub:USER/REPO[@checkpoint-N])."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationDelete, HfApi, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+from . import checkpoints
 from .classes import CLASS_GUIDANCE
-from .config import grid_guidance, uses_ema
+from .config import HUB_CHECKPOINT, grid_guidance, uses_ema
 from .errors import UserError
 from .pipeline_code import LOAD_ARGS
 from .utils import first_line
@@ -132,3 +140,115 @@ def push_pipeline(cfg, folder: Path, step: int, pipeline_class: str, prompt: str
                       grid=grids[-1].relative_to(folder).as_posix() if grids else None, prediction_type=prediction_type)
     return push_folder(HfApi(token=cfg.hub_token), folder, repo_id=repo_id, token=cfg.hub_token,
                        private=cfg.hub_private_repo, card=card, commit_message=f"difftrain: step {step}")
+
+
+# Checkpoints go to checkpoint-N/ on this branch of the model repo, not to main: diffusers' from_pretrained(repo)
+# downloads every weights file of main that lies deeper than component/file (checkpoints' unet/ and unet_ema/ too), so
+# main holds the pipeline alone. One branch, not one per checkpoint: rotation is one delete commit and one listing
+# finds them all.
+CHECKPOINT_BRANCH = "checkpoints"
+# .checkpoint-upload-*/checkpoint-N: hard-linked copies of the checkpoints being uploaded, as local rotation may delete
+# a checkpoint while its upload is still queued (IGNORE_PATTERNS' ".checkpoint-*" keeps them out of the pipeline's)
+STAGING_PREFIX = ".checkpoint-upload-"
+_ON_HUB = re.compile(rf"^(checkpoint-(\d+))/{re.escape(checkpoints.STATE_FILE)}$")
+
+
+def hub_checkpoints(api, repo_id: str, token: str | None) -> list[str]:
+    """The complete checkpoint-N folders on the repo's checkpoint branch, oldest first; [] without repo or branch."""
+    try:
+        files = api.list_repo_files(repo_id, revision=CHECKPOINT_BRANCH, token=token)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []
+    found = sorted((int(m.group(2)), m.group(1)) for f in files if (m := _ON_HUB.match(f)))
+    return [name for _, name in found]
+
+
+class CheckpointUploads:
+    """--hub_push_checkpoints: each checkpoint-N/ uploaded in the background, then the Hub's oldest beyond
+    --checkpoints_total_limit deleted. One HfApi per run: its run_as_future jobs run one at a time, in order."""
+
+    def __init__(self, cfg, output_dir):
+        self.api, self.token = HfApi(token=cfg.hub_token), cfg.hub_token
+        self.repo_id, self.private, self.keep = cfg.hub_model_id, cfg.hub_private_repo, cfg.checkpoints_total_limit
+        self.output_dir = Path(output_dir)
+        for stale in self.output_dir.glob(STAGING_PREFIX + "*"):  # a killed run's: older than any checkpoint kept
+            shutil.rmtree(stale, ignore_errors=True)
+        self.branch_ready = False
+
+    def push(self, checkpoint: Path):
+        """Queue checkpoint's upload; returns its Future at once (the hard links are made here, in no time)."""
+        staged = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir)) / checkpoint.name
+        shutil.copytree(checkpoint, staged, copy_function=_link_or_copy)
+        return self.api.run_as_future(self._upload, staged)
+
+    def _upload(self, staged: Path) -> None:
+        """In the background: a failure is said in one line and training goes on; the next checkpoint is tried anew."""
+        try:
+            if not self.branch_ready:
+                self.api.create_repo(self.repo_id, token=self.token, private=self.private, exist_ok=True)
+                self.api.create_branch(self.repo_id, branch=CHECKPOINT_BRANCH, token=self.token, exist_ok=True)
+                self.branch_ready = True
+            self.api.upload_folder(repo_id=self.repo_id, folder_path=str(staged), path_in_repo=staged.name,
+                                   revision=CHECKPOINT_BRANCH, token=self.token,
+                                   commit_message=f"difftrain: {staged.name}")
+            # rotation after the upload, so the Hub never holds fewer checkpoints than it kept
+            beyond_limit = hub_checkpoints(self.api, self.repo_id, self.token)[: -self.keep] if self.keep else []
+            if beyond_limit:
+                self.api.create_commit(
+                    self.repo_id, revision=CHECKPOINT_BRANCH, token=self.token,
+                    operations=[CommitOperationDelete(f"{name}/", is_folder=True) for name in beyond_limit],
+                    commit_message=f"difftrain: keep the newest {self.keep} checkpoints")
+        except Exception as e:  # network, quota, permissions: the run's own checkpoints are still on disk
+            self.branch_ready = False  # the next upload makes sure of repo and branch again
+            print(f"warning: --hub_push_checkpoints: {staged.name} not uploaded ({e.__class__.__name__}: "
+                  f"{first_line(e)}); training goes on and the next checkpoint is uploaded as usual.", file=sys.stderr)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links: a copy, which takes the time of writing it
+        shutil.copy2(src, dst)
+
+
+def find_resume_checkpoint(cfg) -> Path | None:
+    """--resume_from_checkpoint as a folder: a local one (checkpoints.find_resume_checkpoint), a
+    hub:USER/REPO[@checkpoint-N] one downloaded, or with --hub_push_checkpoints, 'latest' from the Hub when the output
+    folder has no checkpoint."""
+    asked = cfg.resume_from_checkpoint
+    if asked and (on_hub := HUB_CHECKPOINT.fullmatch(asked)):
+        return download_checkpoint(cfg, on_hub["repo"], on_hub["name"], required=True)
+    found = checkpoints.find_resume_checkpoint(cfg.output_dir, asked)
+    if found is None and asked == "latest" and cfg.hub_push_checkpoints:
+        return download_checkpoint(cfg, cfg.hub_model_id, None, required=False)
+    return found
+
+
+def download_checkpoint(cfg, repo_id: str, name: str | None, *, required: bool) -> Path | None:
+    """checkpoint `name` (None: the newest) of repo_id's checkpoint branch, downloaded into the Hugging Face cache
+    (the output folder is untouched until the run has checked it); None when there is none and none was required."""
+    where = f"--resume_from_checkpoint {cfg.resume_from_checkpoint}"
+    try:
+        on_hub = hub_checkpoints(HfApi(token=cfg.hub_token), repo_id, cfg.hub_token)
+    except Exception as e:
+        raise _unreachable(where, e) from None
+    name = name or (on_hub[-1] if on_hub else None)
+    if name not in on_hub:
+        if not required:
+            return None
+        fix = f"it has {', '.join(on_hub)}: name one of those" if on_hub else "a private one needs a token"
+        raise UserError(f"{where}: {repo_id} has no {name or 'checkpoint'} on its '{CHECKPOINT_BRANCH}' branch; {fix}.")
+    try:
+        snapshot = snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
+                                     token=cfg.hub_token)
+    except Exception as e:
+        raise _unreachable(where, e) from None
+    return Path(snapshot) / name
+
+
+def _unreachable(where: str, e: Exception) -> UserError:
+    # offline, network down, bad token
+    return UserError(f"{where}: the Hub cannot be used ({e.__class__.__name__}: {first_line(e)}); log in (`hf auth "
+                     "login`) or pass --hub_token, or resume from a local checkpoint.")

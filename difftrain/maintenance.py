@@ -52,11 +52,20 @@ class Maintenance:
 
     def checkpoint(self, epoch: int):
         run = self.run
-        return checkpoints.save_checkpoint(
+        saved = checkpoints.save_checkpoint(
             self.accelerator, run.out, run.global_step,
             {"epoch": epoch, "batch": checkpoints.batch_geometry(self.cfg, self.accelerator)},
             self.cfg.checkpoints_total_limit,
             write_extra=lambda folder: run.recipe.scheduler.save_pretrained(str(folder / "scheduler")))
+        if self.cfg.hub_push_checkpoints and self.accelerator.is_main_process:
+            self.pushes.append(self._checkpoint_uploads().push(saved))  # finish waits for it with the pipeline's
+        return saved
+
+    def _checkpoint_uploads(self):
+        """The run's one upload queue, made at its first checkpoint, so uploads and Hub rotations happen in order."""
+        if getattr(self, "checkpoint_uploads", None) is None:
+            self.checkpoint_uploads = hub.CheckpointUploads(self.cfg, self.run.out)
+        return self.checkpoint_uploads
 
     def stop_requested(self, signal_name: str | None) -> bool:
         """Whether any process was asked to stop (all ranks agree, so they checkpoint together)."""

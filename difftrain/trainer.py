@@ -163,7 +163,7 @@ def stop_on_bad_loss(run: Run, loss: float) -> None:
 def set_up(cfg, build_recipe) -> Run:
     """Accelerator, seed, recipe, output folder, loader, optimizer, LR schedule, EMA, and the resumed state."""
     out = Path(cfg.output_dir)
-    resume = checkpoints.find_resume_checkpoint(out, cfg.resume_from_checkpoint)
+    resume = hub.find_resume_checkpoint(cfg)  # a local checkpoint, or one downloaded from the Hub
     # 'latest' with nothing saved yet (a run stopped before its first checkpoint) starts over, as diffusers' scripts
     # do: job schedulers pass it on every start
     starting_over = resume is None and cfg.resume_from_checkpoint == "latest" and (out / "training_config.yaml").exists()

@@ -16,7 +16,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from . import checkpoints
 from .classes import CLASS_GUIDANCE
-from .config import HUB_CHECKPOINT, grid_guidance, uses_ema
+from .config import HUB_CHECKPOINT, autoguidance_snapshot, grid_guidance, uses_ema
 from .errors import UserError
 from .pipeline_code import LOAD_ARGS
 from .utils import first_line
@@ -48,6 +48,9 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
         guidance=_guidance(cfg, pipeline_class), loader=loader, load=load.format(repo=repo_id),
         load_base=load.format(repo=cfg.pretrained_model_name_or_path))
+    if pipeline_class == "DDPMPipeline" and hasattr(cfg, "autoguidance_snapshot") and autoguidance_snapshot(cfg):
+        usage += ("\n# guide_unet/ is for autoguidance, which plain DDPMPipeline does not apply; difftrain samples "
+                  f"with it:\n# python sample.py --model {repo_id}")
     what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
             else f"A `{pipeline_class}`")
     content = f"""---

@@ -15,6 +15,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 
+from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .lora import WEIGHT_NAME as LORA_FILE
@@ -36,12 +37,18 @@ class Model:
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
     vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL (or mock) between images and latents
-    guidance_scale: float | None = None  # text/class models: the scale its run sampled its grids at
+    guidance_scale: float | None = None  # guided models: the scale its run sampled its grids at
     class_names: list[str] | None = None  # class-conditional models: what --class_label names
+    guide: torch.nn.Module | None = None  # unconditional models with guide_unet/: what autoguidance steers from
 
     @property
     def conditional(self) -> bool:
         return isinstance(self.unet, UNet2DConditionModel) or self.class_names is not None
+
+    @property
+    def guidable(self) -> bool:
+        """Takes --guidance_scale: classifier-free guidance of a conditional model, autoguidance with a guide."""
+        return self.conditional or self.guide is not None
 
     @property
     def condition_key(self) -> str:
@@ -207,7 +214,9 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
                    vae=_latent_vae(run, device, dtype), guidance_scale=_trained_guidance(run),
-                   class_names=_class_names(unet, folder, run))
+                   class_names=_class_names(unet, folder, run),
+                   # a pipeline folder's guide; a checkpoint-N/ may predate its run's guide, so it samples unguided
+                   guide=load_guide(folder, unet) if folder == run else None)
     if loaded.class_names is not None:  # names → class ids; "" (the unconditional half of guidance) → "no class"
         from .classes import label_ids
 
@@ -283,9 +292,11 @@ def _trained_guidance(run: Path) -> float | None:
 
 def resolve_guidance(model: Model, requested: float | None) -> float:
     """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5
-    (CLASS_GUIDANCE for a class model)."""
+    (CLASS_GUIDANCE for a class model, AUTOGUIDANCE for an unconditional one with a guide)."""
     if requested is not None:
         return requested
     if model.guidance_scale is not None:
         return model.guidance_scale
-    return CLASS_GUIDANCE if model.class_names is not None else 7.5
+    if model.class_names is not None:
+        return CLASS_GUIDANCE
+    return AUTOGUIDANCE if model.guide is not None else 7.5

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, hub
+from .autoguidance import save_guide, snapshot_step
 from .errors import UserError
 from .utils import rng_untouched
 
@@ -26,6 +27,7 @@ class Maintenance:
 
             self.evaluation = PeriodicEvaluation(self.cfg, run.recipe.generate, run.recipe.eval_prompts,
                                                  run.recipe.eval_classifier, self.accelerator.device)
+        self.guide_step = snapshot_step(run.recipe.autoguidance_snapshot, run.max_steps)
         self.progress = tqdm(total=run.max_steps, initial=run.global_step, desc="train",
                              disable=not self.accelerator.is_main_process)
         self._new_window()
@@ -42,6 +44,8 @@ class Maintenance:
         cfg, step = self.cfg, self.run.global_step
         self._log(epoch, loss, grad_norm)
         with rng_untouched():  # a run with more checkpoints or grids trains the same weights
+            if step == self.guide_step:  # before this step's grid, which it then guides
+                self.keep_guide()
             if step % cfg.checkpointing_steps == 0:
                 self.checkpoint(epoch)
             if cfg.validation_steps and step % cfg.validation_steps == 0:
@@ -126,6 +130,13 @@ class Maintenance:
             (run.out / "samples").mkdir(exist_ok=True)
             grid.save(run.out / "samples" / f"step-{run.global_step}.png")
             log_grid(self.accelerator, grid, run.global_step)
+
+    def keep_guide(self) -> None:
+        """guide_unet/: the shipping weights as they are now, what autoguidance later steers away from."""
+        if self.accelerator.is_main_process:
+            with self.run.weights.swapped_in() as model:
+                save_guide(model, self.run.out)
+        self.accelerator.wait_for_everyone()
 
     def evaluate(self) -> None:
         if self.accelerator.is_main_process:

@@ -135,6 +135,25 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
+def autoguided_predictor(unet, guide, guidance_scale: float) -> Callable:
+    """predict(x_t, t) with autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    itself"): out = guide + scale * (unet - guide), where `guide` is the same network earlier in its training. It
+    steers an unconditional model away from what the weaker one also gets wrong (blobs, half-formed digits), as
+    classifier-free guidance does for a conditional one. Scale 1 (or no guide) is the plain unet. Two forwards per
+    step: `network_calls` says so to whoever counts them."""
+    plain = unet_predictor(unet)
+    if guide is None or guidance_scale == 1.0:
+        return plain
+    weak = unet_predictor(guide)
+
+    def predict(x, t):
+        out_guide = weak(x, t)
+        return out_guide + guidance_scale * (plain(x, t) - out_guide)
+
+    predict.network_calls = 2
+    return predict
+
+
 def class_predictor(unet, labels: list, names: list[str], guidance_scale: float) -> tuple[Callable, int]:
     """predict(x_t, t) for class labels (names or ids; "" is "no class"), guided against "no class" (the last class
     embedding); and the number of images."""

@@ -25,7 +25,7 @@ from .data.images import to_uint8
 from .editing import Edit, load_edit
 from .errors import UserError
 from .loading import Model, load_model, resolve_guidance
-from .pipelines import comparison_sheet, generate, guided_predictor, image_grid, unet_predictor
+from .pipelines import autoguided_predictor, comparison_sheet, generate, guided_predictor, image_grid
 from .schedulers import (
     check_num_inference_steps,
     default_scheduler,
@@ -77,7 +77,8 @@ def conditions(model: Model, cfg) -> list[str]:
 def check_conditioning(model: Model, prompts: list[str], cfg) -> None:
     """Prompts go with text-conditional models only, and those need prompts."""
     name = type(model.unet).__name__
-    if not model.conditional and (prompts or cfg.negative_prompt or cfg.guidance_scale is not None):
+    guidance = cfg.guidance_scale is not None and not model.guidable
+    if not model.conditional and (prompts or cfg.negative_prompt or guidance):
         flag = ("--prompt/--prompt_file" if prompts else "--negative_prompt" if cfg.negative_prompt
                 else "--guidance_scale")
         raise UserError(f"{flag} given, but {cfg.model} is an unconditional model ({name}); drop {flag}.")
@@ -96,7 +97,7 @@ def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt
                guidance_scale: float) -> Callable:
     """predict(x_t, t) for the images `indices` (image k gets prompt k mod P)."""
     if not model.conditional:
-        return unet_predictor(model.unet)
+        return autoguided_predictor(model.unet, model.guide, guidance_scale)
     cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
     uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
     return guided_predictor(model.unet, cond, uncond, guidance_scale, key=model.condition_key)
@@ -119,7 +120,7 @@ def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batc
     def counted(predict):
         def call(x, t):
             nonlocal calls
-            calls += 1
+            calls += getattr(predict, "network_calls", 1)  # autoguidance: two networks per step
             return predict(x, t)
 
         return call
@@ -174,7 +175,7 @@ def package_versions() -> dict:
 
 
 def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, flag: str = "prompt",
-                       edit: dict | None = None) -> str:
+                       edit: dict | None = None, autoguided: bool = False) -> str:
     """The sample.py command line that makes this one image again (as image 0 of a one-image run)."""
     args = ["python", "sample.py", "--model", cfg.model, "--scheduler", scheduler_name,
             "--num_inference_steps", cfg.num_inference_steps, "--seed", seed, "--num_images", 1]
@@ -182,7 +183,7 @@ def regenerate_command(cfg, scheduler_name: str, seed: int, prompt: str | None, 
                 "use_karras_sigmas": cfg.use_karras_sigmas, "clip_sample": cfg.clip_sample,
                 "thresholding": cfg.thresholding, "dtype": None if cfg.dtype == "fp32" else cfg.dtype,
                 flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
-                "guidance_scale": cfg.guidance_scale if prompt else None, "lora": cfg.lora,
+                "guidance_scale": cfg.guidance_scale if prompt or autoguided else None, "lora": cfg.lora,
                 "lora_scale": cfg.lora_scale if cfg.lora and cfg.lora_scale != 1.0 else None, **(edit or {})}
     for key, value in optional.items():
         if value is not None:
@@ -197,17 +198,18 @@ def metadata_records(cfg, model: Model, scheduler_name: str, scheduler, files: l
     options = sampling_options(scheduler)
     records = []
     flag = "class_label" if model.class_names is not None else "prompt"
+    autoguided = model.guide is not None
     for k, (file, seed) in enumerate(zip(files, seeds)):
         prompt = prompts[k % len(prompts)] if prompts else None
         edited = edit.record(k) if edit else None
         records.append({**(edited or {}),
             "file": file, "index": k, "seed": seed, "scheduler": scheduler_name,
             "scheduler_class": type(scheduler).__name__, "steps": cfg.num_inference_steps, "eta": cfg.eta,
-            "scheduler_options": options, "guidance_scale": cfg.guidance_scale if prompt else None,
+            "scheduler_options": options, "guidance_scale": cfg.guidance_scale if prompt or autoguided else None,
             flag: prompt, "negative_prompt": cfg.negative_prompt if prompt else None,
             "model": cfg.model, "model_path": str(model.path), "weights": model.weights, "dtype": cfg.dtype,
             "device": str(device), "versions": versions,
-            "command": regenerate_command(cfg, scheduler_name, seed, prompt, flag, edited),
+            "command": regenerate_command(cfg, scheduler_name, seed, prompt, flag, edited, autoguided),
         })
     return records
 

@@ -18,6 +18,7 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 from diffusers.optimization import get_scheduler
 
 from . import checkpoints, config, hub
+from .autoguidance import GUIDE_FOLDER
 from .data import EpochSampler, collate
 from .errors import UserError
 from .maintenance import Maintenance, StopRequests
@@ -42,6 +43,7 @@ class Recipe:
     eval_classifier: str | None = None  # with --eval_steps: the classifier folder that reads prompt k as class k
     resolved: dict = field(default_factory=dict)  # options the recipe resolved (unset → value), recorded with the config
     ema_start: torch.nn.Module | None = None  # the network the EMA starts from, when not `model` (--non_ema_revision)
+    autoguidance_snapshot: float = 0.0  # keep the shipping weights at this fraction of the run as guide_unet/ (0: no)
 
 
 def check_output_dir(cfg, resuming: bool) -> None:
@@ -276,6 +278,8 @@ def _write_run_folder(cfg, out: Path, recipe: Recipe, resolved: dict, clear_chec
     if clear_checkpoints:
         for stale in checkpoints.list_checkpoints(out):  # else 'latest' could pick another run's state
             shutil.rmtree(stale)
+        if (out / GUIDE_FOLDER).is_dir():  # another run's guide would steer this run's samples
+            shutil.rmtree(out / GUIDE_FOLDER)
     config.dump(cfg, out / "training_config.yaml", resolved)
     if recipe.scheduler is not None:
         recipe.scheduler.save_pretrained(str(out / "scheduler"))

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
+from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
+from .config import autoguidance_snapshot
 from .data import decode_images, load_source_dataset
 from .errors import UserError
 from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae
@@ -18,8 +20,8 @@ from .models import build_unet, load_pretrained_unet, load_unet_config, noise_sc
 from .objectives import objective_for
 from .pipeline_code import write_pipeline_code
 from .data import to_uint8
-from .pipelines import (ClassConditionalPipeline, LatentDiffusionPipeline, class_predictor, generate, image_grid,
-                        unet_predictor)
+from .pipelines import (ClassConditionalPipeline, LatentDiffusionPipeline, autoguided_predictor, class_predictor,
+                        generate, image_grid)
 from .schedulers import default_scheduler, scheduler_from_training_config
 from .trainer import Recipe
 from .utils import DTYPES
@@ -90,7 +92,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
     # for EDM: an EDMEulerScheduler, so sampling applies the same scalings; in latent space, no clipping
     scheduler = space.training_scheduler(noise_scheduler_for(cfg))
     objective = objective_for(cfg, scheduler)
-    guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else CLASS_GUIDANCE
+    snapshot = autoguidance_snapshot(cfg)  # unconditional models: autoguided by their earlier selves
+    guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else \
+        CLASS_GUIDANCE if names else AUTOGUIDANCE
     items = CachedLatents(space.latents) if space.latents is not None else dataset
 
     def loss(model, batch):
@@ -101,7 +105,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
     def generate_images(model, seeds, prompts=None):  # prompts: class names, for a class model
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
-        predict = unet_predictor(model) if names is None else class_predictor(model, prompts, names, guidance)[0]
+        predict = class_predictor(model, prompts, names, guidance)[0] if names else \
+            autoguided_predictor(model, load_guide(cfg.output_dir, model), guidance)  # unguided until the guide exists
         return to_uint8(space.decode(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device)))
 
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class
@@ -142,7 +147,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
         scheduler=scheduler,
         eval_prompts=names,
         eval_classifier=cfg.eval_classifier,
-        resolved={"prediction_type": scheduler.config.prediction_type,
+        autoguidance_snapshot=snapshot,
+        resolved={"prediction_type": scheduler.config.prediction_type, "autoguidance_snapshot": snapshot,
                   **({"image_mode": space.image_mode} if vae is not None else {}),
-                  **({"class_names": names, "validation_guidance_scale": guidance} if names else {})},
+                  **({"class_names": names} if names else {}),
+                  **({"validation_guidance_scale": guidance} if names or snapshot else {})},
     )

@@ -1,0 +1,85 @@
+"""Autoguidance of unconditional models: the guide a run keeps (guide_unet/), the predictor's formula, and sample.py /
+evaluate.py / the config resolving and refusing it."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script, tiny_2d_unet
+from difftrain.autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_SNAPSHOT, GUIDE_FOLDER, snapshot_step
+from difftrain.config import UnconditionalConfig, autoguidance_snapshot
+from difftrain.errors import UserError
+from difftrain.options import parse
+from difftrain.pipelines import autoguided_predictor
+
+TINY = ["--config", ROOT / "configs/tiny.yaml"]
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory, datasets_cache):
+    """8 updates with the guide kept at a quarter of the run (after update 2) and a checkpoint there."""
+    import train_unconditional as script
+
+    out = tmp_path_factory.mktemp("autoguided") / "run"
+    assert run_script(script, [*TINY, "--output_dir", out, "--max_train_steps", 8, "--checkpointing_steps", 2,
+                               "--validation_steps", 8, "--autoguidance_snapshot", 0.25]) == 0
+    return out
+
+
+def test_the_predictor_is_guide_plus_scale_times_the_difference():
+    good, weak = tiny_2d_unet(0).eval(), tiny_2d_unet(1).eval()
+    x, t = torch.randn(2, good.config.in_channels, 16, 16), torch.tensor(500)
+    with torch.no_grad():
+        g, w = good(x, t).sample, weak(x, t).sample
+        assert torch.allclose(autoguided_predictor(good, weak, 2.5)(x, t), w + 2.5 * (g - w), atol=1e-6)
+        assert torch.equal(autoguided_predictor(good, weak, 1.0)(x, t), g)  # scale 1: the model alone
+        assert torch.equal(autoguided_predictor(good, None, 2.5)(x, t), g)  # no guide: the model alone
+    assert autoguided_predictor(good, weak, 2.5).network_calls == 2
+
+
+def test_the_snapshot_step_and_the_resolved_default():
+    assert snapshot_step(0.25, 3750) == 938 and snapshot_step(0.25, 2) == 1 and snapshot_step(0.0, 100) is None
+    assert autoguidance_snapshot(parse(UnconditionalConfig, [])) == AUTOGUIDANCE_SNAPSHOT
+    assert autoguidance_snapshot(parse(UnconditionalConfig, ["--class_conditional"])) == 0.0
+    assert autoguidance_snapshot(parse(UnconditionalConfig, ["--pretrained_model_name_or_path", "x"])) == 0.0
+    for bad, says in ((["--autoguidance_snapshot", "1"], "fraction of the run"),
+                      (["--class_conditional", "--autoguidance_snapshot", "0.3"], "classifier-free guidance"),
+                      (["--autoguidance_snapshot", "0", "--validation_guidance_scale", "2"], "--class_conditional")):
+        with pytest.raises(UserError, match=says):
+            parse(UnconditionalConfig, bad)
+
+
+def test_the_guide_is_the_shipping_weights_at_the_snapshot(guided_run):
+    from diffusers import UNet2DModel
+
+    guide = UNet2DModel.from_pretrained(guided_run / GUIDE_FOLDER)
+    ema_then = UNet2DModel.from_pretrained(guided_run / "checkpoint-2" / "unet_ema")
+    final = UNet2DModel.from_pretrained(guided_run / "unet")
+    for a, b, c in zip(guide.parameters(), ema_then.parameters(), final.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(guide.parameters(), final.parameters()))
+    recorded = (guided_run / "training_config.yaml").read_text()
+    assert "autoguidance_snapshot: 0.25" in recorded and f"validation_guidance_scale: {AUTOGUIDANCE}" in recorded
+
+
+def test_sample_py_autoguides_by_default_and_scale_1_turns_it_off(guided_run, tmp_path):
+    import sample
+
+    outs = {}
+    for name, extra in (("default", []), ("off", ["--guidance_scale", 1]), ("three", ["--guidance_scale", 3])):
+        outs[name] = tmp_path / name
+        assert run_script(sample, ["--model", guided_run, "--num_images", 2, "--num_inference_steps", 5,
+                                   "--scheduler", "ddim", "--output_dir", outs[name], *extra]) == 0
+    record = json.loads((outs["default"] / "metadata.jsonl").read_text().splitlines()[0])
+    assert record["guidance_scale"] == AUTOGUIDANCE and f"--guidance_scale {AUTOGUIDANCE:g}" in record["command"]
+    images = {k: (v / "grid.png").read_bytes() for k, v in outs.items()}
+    assert len(set(images.values())) == 3  # the scale changes the images
+
+
+def test_guidance_is_refused_for_an_unconditional_model_without_a_guide(guided_run, tmp_path, capsys):
+    import sample
+
+    assert run_script(sample, ["--model", guided_run / "checkpoint-8", "--guidance_scale", 2,
+                               "--output_dir", tmp_path / "x"]) == 2  # a checkpoint samples unguided
+    assert "drop --guidance_scale" in capsys.readouterr().err

@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 
 from . import checkpoints, config, hub
 from .autoguidance import GUIDE_FOLDER
 from .data import EpochSampler, collate
 from .errors import UserError
-from .maintenance import Maintenance, StopRequests
+from .maintenance import Maintenance, StopRequests, stop_on_bad_loss
 from .utils import check_writable, default_mixed_precision
 from .weights import ShippingWeights
 
@@ -59,7 +59,7 @@ def check_output_dir(cfg, resuming: bool) -> None:
         )
 
 
-def _make_optimizer(cfg, params, lr: float):
+def _make_optimizer(cfg, params, lr: float, device_type: str):
     kwargs = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cfg.use_8bit_adam:
@@ -68,7 +68,19 @@ def _make_optimizer(cfg, params, lr: float):
         except ImportError:
             raise UserError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (CUDA only).") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+    # fused: one kernel per step (the fastest AdamW on CUDA and on CPU), and the one that can skip an update on
+    # device (skips_on_device)
+    return torch.optim.AdamW(params, fused=device_type in ("cuda", "cpu"), **kwargs)
+
+
+def skips_on_device(accelerator, optimizer) -> bool:
+    """Whether the optimizer can skip an update without a host sync: torch's fused AdamW leaves the weights, its
+    moments and its step count untouched when its `found_inf` is 1 (the protocol GradScaler drives). Not under fp16,
+    whose GradScaler sets found_inf itself, nor DeepSpeed, which steps its own optimizer; a checkpoint written by a
+    non-fused AdamW (an older run) restores fused=False."""
+    inner = optimizer.optimizer
+    return (accelerator.scaler is None and accelerator.distributed_type != DistributedType.DEEPSPEED
+            and isinstance(inner, torch.optim.AdamW) and all(group["fused"] for group in inner.param_groups))
 
 
 @dataclass
@@ -87,8 +99,12 @@ class Run:
     weights: ShippingWeights
     updates_per_epoch: int
     max_steps: int
+    logging_steps: int = 1  # --logging_steps as resolved
     global_step: int = 0
     pending_losses: list = field(default_factory=list)  # the micro-batch losses of the update in progress
+    # a device-side flag: a non-finite loss was seen, so every update since is skipped on device until maintenance's
+    # next check stops the run; None where the optimizer cannot skip on device (each update is checked before it)
+    bad_loss_seen: torch.Tensor | None = None
 
     @property
     def num_epochs(self) -> int:
@@ -109,7 +125,9 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     run = set_up(cfg, build_recipe)
     maintenance = Maintenance(run)
     run.model.train()
-    with StopRequests() as stop:  # Ctrl-C / SIGTERM: acted on at the next update boundary
+    # Ctrl-C / SIGTERM: acted on at the next update boundary; the progress bar closes however the loop ends, so an
+    # error is the last line printed
+    with StopRequests() as stop, maintenance.progress:
         for epoch in range(run.global_step // run.updates_per_epoch, run.num_epochs):
             for batch in run.batches(epoch):
                 finished = update(run, batch)
@@ -129,9 +147,15 @@ def train(cfg, build_recipe: Callable[[Any, Accelerator], Recipe]) -> Path:
     return run.out
 
 
-def update(run: Run, batch) -> tuple[float, Any] | None:
+def update(run: Run, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Forward and backward of one micro-batch; at the last of an update's micro-batches, the optimizer step, the
-    LR schedule and the EMA. Returns the update's (loss, gradient norm) when it finished one, else None."""
+    LR schedule and the EMA. Returns the update's (loss, gradient norm) when it finished one, else None: device
+    tensors, read (a host sync) only at maintenance's checks.
+
+    The NaN/inf stop stays exact without a sync per update: a non-finite loss sets run.bad_loss_seen on device, and
+    from that update on the fused optimizer skips every step on device (found_inf), so the weights and the optimizer
+    state stay those of the last good update; maintenance reads the losses before anything it writes or logs
+    (Maintenance.check) and stops there, naming the first bad update. The EMA only ever averages those good weights."""
     accelerator = run.accelerator
     finished = None
     with accelerator.accumulate(run.model):
@@ -139,9 +163,14 @@ def update(run: Run, batch) -> tuple[float, Any] | None:
         accelerator.backward(loss)
         run.pending_losses.append(loss.detach())
         if accelerator.sync_gradients:
-            step_loss = accelerator.gather(torch.stack(run.pending_losses).mean()).mean().item()
-            if not math.isfinite(step_loss):  # same value on every rank: all stop together, before the update
-                stop_on_bad_loss(run, step_loss)
+            # the same value on every rank: all skip, and later stop, together
+            step_loss = accelerator.gather(torch.stack(run.pending_losses).mean()).mean()
+            if run.bad_loss_seen is None:  # no skipping on device: check before the update, a sync per update
+                if not math.isfinite(value := step_loss.item()):
+                    stop_on_bad_loss(run, value, run.global_step + 1)
+            else:  # sticky, so no later update moves the weights past the last good one either
+                run.bad_loss_seen |= ~torch.isfinite(step_loss)
+                run.optimizer.optimizer.found_inf = run.bad_loss_seen.float()
             finished = step_loss, accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -150,16 +179,6 @@ def update(run: Run, batch) -> tuple[float, Any] | None:
         run.weights.update()
         run.pending_losses.clear()
     return finished
-
-
-def stop_on_bad_loss(run: Run, loss: float) -> None:
-    run.accelerator.end_training()
-    last = checkpoints.list_checkpoints(run.out)
-    raise UserError(
-        f"loss became {loss} at step {run.global_step + 1}; stopped before the update. Last good checkpoint: "
-        f"{last[-1] if last else 'none'}. Resume from it with a lower --learning_rate (or --mixed_precision bf16 "
-        "instead of fp16)."
-    )
 
 
 def set_up(cfg, build_recipe) -> Run:
@@ -184,9 +203,11 @@ def set_up(cfg, build_recipe) -> Run:
     if resume is not None:  # before the run folder is touched
         checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
                                     batch=checkpoints.batch_geometry(cfg, accelerator))
+    logging_steps = config.logging_steps(cfg, accelerator.device.type)
     if accelerator.is_main_process:
         _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg),
-                                                         "mixed_precision": accelerator.mixed_precision, **recipe.resolved},
+                                                         "mixed_precision": accelerator.mixed_precision,
+                                                         "logging_steps": logging_steps, **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
 
@@ -199,7 +220,8 @@ def set_up(cfg, build_recipe) -> Run:
     )
     trained = [p for p in recipe.model.parameters() if p.requires_grad]  # all, or a LoRA run's adapters
     lr = learning_rate(cfg, accelerator.num_processes)
-    model, optimizer, dataloader = accelerator.prepare(recipe.model, _make_optimizer(cfg, trained, lr), dataloader)
+    optimizer = _make_optimizer(cfg, trained, lr, accelerator.device.type)
+    model, optimizer, dataloader = accelerator.prepare(recipe.model, optimizer, dataloader)
     set_seed(seed, device_specific=True)  # different noise on each rank from here on
     # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
     # which would step it num_processes times per update (diffusers #1957/#3954).
@@ -215,12 +237,14 @@ def set_up(cfg, build_recipe) -> Run:
     if weights.ema is not None and not weights.whole_model:
         accelerator.register_for_checkpointing(weights.ema)  # adapters' EMA: no diffusers format to save it in
     run = Run(cfg, accelerator, recipe, out, seed, model, optimizer, lr_scheduler, dataloader, weights,
-              updates_per_epoch, max_steps)
+              updates_per_epoch, max_steps, logging_steps)
     if resume is not None:
         accelerator.print(f"Resuming from {resume}")
         accelerator.load_state(str(resume))
         weights.place()
         run.global_step = checkpoints.read_state(resume)["global_step"]
+    if skips_on_device(accelerator, optimizer):  # after the resume, which restores the optimizer's fused flag
+        run.bad_loss_seen = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     accelerator.print(f"{len(recipe.dataset)} examples, {updates_per_epoch} updates/epoch, {max_steps} updates "
                       f"({run.num_epochs} epochs), {total_batch} images/update")

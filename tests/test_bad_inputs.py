@@ -16,6 +16,7 @@ CASES = [  # (script, flags, fragment of the one line)
     ("train_unconditional", ["--seed", "99999999999"], "--seed must be in [0, 2**32)"),
     ("train_unconditional", ["--snr_gamma", "-1"], "--snr_gamma must be > 0"),
     ("train_unconditional", ["--lr_warmup_steps", "-5"], "--lr_warmup_steps must be >= 0"),
+    ("train_unconditional", ["--logging_steps", "0"], "--logging_steps must be at least 1 or left unset (got 0)"),
     ("train_unconditional", ["--output_dir", ""], "--output_dir is empty"),
     ("train_unconditional", ["--mixed_precision", "fp8"], "invalid choice: 'fp8'"),
     ("train_unconditional", ["--resolution"], "argument --resolution: expected one argument"),

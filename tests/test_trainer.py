@@ -1,5 +1,6 @@
 """trainer.py: the set-up (what the run folder records, a folder that holds a run, the optimizer), seeds, gradient
-checkpointing and mixed precision, the LR schedule under accumulation, and the stop on a NaN loss."""
+checkpointing and mixed precision, the LR schedule under accumulation, the stop on a NaN loss (exact between the
+checks --logging_steps spaces out) and what --logging_steps logs."""
 
 import dataclasses
 import os
@@ -34,6 +35,7 @@ def test_the_config_holds_what_was_asked_and_the_run_folder_what_was_resolved(tm
     assert config.to_dict(cfg) == asked and cfg.seed is None and cfg.prediction_type is None
     saved = yaml.safe_load((out / "training_config.yaml").read_text())
     assert isinstance(saved["seed"], int) and saved["prediction_type"] == "v_prediction" and saved["use_ema"] is True
+    assert saved["logging_steps"] == 1 and cfg.logging_steps is None  # unset: every update on CPU
     # --config repeats it
     assert config.to_dict(config.from_dict(config.UnconditionalConfig, saved))["seed"] == saved["seed"]
     for folder in (out, out / "checkpoint-2"):
@@ -116,3 +118,78 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, train_uncon
     shipped = weights(out / "unet")
     assert all(torch.isfinite(v).all() for v in shipped.values())
     assert any(not torch.equal(shipped[k], v) for k, v in weights(out / "checkpoint-10" / "unet").items())
+
+
+@pytest.mark.parametrize("on_device", [True, False], ids=["skipped-on-device", "checked-before-each-update"])
+def test_a_nan_loss_between_checks_never_reaches_the_weights(tmp_path, train_unconditional, capsys, monkeypatch,
+                                                            on_device):
+    """--logging_steps 4: update 5's loss is NaN; the optimizer skips it and every update after it on device, and the
+    check at step 8 stops the run naming step 5, with the weights and optimizer state of a run of 4 updates. Where
+    the optimizer cannot skip on device (fp16, 8-bit Adam, DeepSpeed), each update is checked before it instead."""
+    from difftrain import maintenance, objectives
+
+    flags = [*TINY, "--validation_steps", 100]  # tiny.yaml's LR is constant: the same whatever max_train_steps
+    good = tmp_path / "good"
+    assert train_unconditional(*flags, "--output_dir", good, "--max_train_steps", 4, "--checkpointing_steps", 4) == 0
+
+    real_loss, calls, stopped = objectives.DiffusionObjective.loss, [], {}
+
+    def loss_turning_nan(self, predict, x0):
+        calls.append(1)
+        value = real_loss(self, predict, x0)
+        return value * float("nan") if len(calls) == 5 else value
+
+    def stop_and_keep_the_state(run, loss, step):
+        stopped["checked_at"] = run.global_step
+        stopped["weights"] = {k: v.clone() for k, v in run.accelerator.unwrap_model(run.model).state_dict().items()}
+        stopped["optimizer"] = run.optimizer.state_dict()["state"]
+        stopped["ema"] = [p.clone() for p in run.weights.ema.shadow_params]
+        real_stop(run, loss, step)
+
+    real_stop = maintenance.stop_on_bad_loss
+    monkeypatch.setattr(objectives.DiffusionObjective, "loss", loss_turning_nan)
+    monkeypatch.setattr(maintenance, "stop_on_bad_loss", stop_and_keep_the_state)
+    monkeypatch.setattr(trainer, "stop_on_bad_loss", stop_and_keep_the_state)
+    if not on_device:
+        monkeypatch.setattr(trainer, "skips_on_device", lambda accelerator, optimizer: False)
+    capsys.readouterr()
+    assert train_unconditional(*flags, "--output_dir", tmp_path / "bad", "--logging_steps", 4,
+                               "--checkpointing_steps", 100) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss became nan at step 5; stopped before the update. Last good checkpoint: none" in last, last
+    assert stopped["checked_at"] == (8 if on_device else 4)  # the check, or the update before the bad one
+    expected = weights(good / "checkpoint-4" / "unet")
+    assert all(torch.equal(stopped["weights"][k], v) for k, v in expected.items())
+    expected = torch.load(good / "checkpoint-4" / "optimizer.bin", weights_only=False)["state"]
+    assert expected.keys() == stopped["optimizer"].keys()
+    assert all(torch.equal(stopped["optimizer"][i][name], expected[i][name])
+               for i in expected for name in ("step", "exp_avg", "exp_avg_sq"))
+    assert all(torch.isfinite(p).all() for p in stopped["ema"])  # it averaged good weights only
+
+
+def test_logging_steps_logs_the_mean_loss_of_each_window_and_changes_no_weight(short_run, tmp_path,
+                                                                              train_unconditional, monkeypatch):
+    from accelerate import Accelerator
+
+    from difftrain import objectives
+
+    real_loss, losses, logged = objectives.DiffusionObjective.loss, [], {}
+
+    def recorded_loss(self, predict, x0):
+        value = real_loss(self, predict, x0)
+        losses.append(value.item())
+        return value
+
+    def recorded_log(accelerator, values, step=None, **kwargs):  # what the trackers are given
+        logged[step] = values
+
+    monkeypatch.setattr(objectives.DiffusionObjective, "loss", recorded_loss)
+    monkeypatch.setattr(Accelerator, "log", recorded_log)
+    out = tmp_path / "run"
+    assert train_unconditional(*SHORT, "--output_dir", out, "--logging_steps", 2) == 0
+    assert list(logged) == [2, 3]  # every 2 updates, and the last
+    assert all({"loss", "lr", "grad_norm", "images_per_s"} <= values.keys() for values in logged.values())
+    assert len(losses) == 3 and logged[2]["loss"] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-6)
+    assert logged[3]["loss"] == pytest.approx(losses[2], rel=1e-6)
+    a = weights(short_run / "unet")  # logged every update
+    assert all(torch.equal(a[k], v) for k, v in weights(out / "unet").items())

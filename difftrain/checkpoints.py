@@ -131,46 +131,45 @@ def register_diffusers_format(accelerator, weights) -> None:
     """Checkpoints hold the model as `unet/` (and `unet_ema/`) in diffusers format instead of accelerate's
     anonymous weights file, so any checkpoint also loads with plain `from_pretrained`. A LoRA run's hold its adapters
     only, as `pytorch_lora_weights.safetensors` (and `ema/pytorch_lora_weights.safetensors`), small; their EMA
-    state resumes from accelerate's own file (registered in trainer.set_up)."""
+    state resumes from accelerate's own file (registered in trainer.set_up). Under FSDP and ZeRO-3, Accelerate also
+    writes its own sharded files, which resume the weights exactly; unet/ and unet_ema/ are then the whole weights
+    that every rank gathers (weights.whole), and the EMA resumes from unet_ema/."""
     from . import lora
-
-    ema = weights.ema
 
     def save_hook(models, state_dicts, folder):
         # rng_untouched: saving the EMA builds a UNet (random init); accelerate records the RNG state AFTER this
         # hook, and it must be the run's, not one a few draws later
         with rng_untouched():
-            _save_models(models, state_dicts, folder)
+            _save_models(models, state_dicts, Path(folder))
 
-    def _save_models(models, state_dicts, folder):
-        if accelerator.is_main_process:
-            for model in models:
-                model = accelerator.unwrap_model(model)
-                if lora.has_adapters(model):
-                    lora.save(model, Path(folder))
-                    if ema is not None:
+    def _save_models(models, state_dicts, folder: Path):  # on every rank: gathering sharded weights needs them all
+        for model in models:
+            model = accelerator.unwrap_model(model)
+            if lora.has_adapters(model):
+                if accelerator.is_main_process:
+                    lora.save(model, folder)
+                    if weights.ema is not None:
                         with weights.swapped_in() as shipped:
-                            lora.save(shipped, Path(folder) / "ema")
-                else:
-                    if ema is not None:
-                        ema.save_pretrained(str(Path(folder) / "unet_ema"))
-                    model.save_pretrained(str(Path(folder) / "unet"))
+                            lora.save(shipped, folder / "ema")
+            else:
+                if weights.ema is not None:
+                    weights.save_average(folder / "unet_ema")
+                with weights.whole(average=False) as whole:
+                    if whole is not None:
+                        whole.save_pretrained(str(folder / "unet"))
+            if state_dicts:  # accelerate's own copy of the weights; FSDP and DeepSpeed pass none (they write theirs)
                 state_dicts.pop()
 
     def load_hook(models, folder):
-        from diffusers.training_utils import EMAModel
-
-        while models:
+        while models:  # empty under FSDP and DeepSpeed: Accelerate loads their sharded files itself
             model = accelerator.unwrap_model(models.pop())
             if lora.has_adapters(model):
                 lora.load_into(model, Path(folder))
                 continue
-            if ema is not None:
-                loaded = EMAModel.from_pretrained(str(Path(folder) / "unet_ema"), ema.model_cls)
-                ema.load_state_dict(loaded.state_dict())
-                weights.place()
             loaded = type(model).from_pretrained(str(folder), subfolder="unet")
             model.load_state_dict(loaded.state_dict())
+        if weights.ema is not None and weights.whole_model:
+            weights.load_average(Path(folder) / "unet_ema")
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

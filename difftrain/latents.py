@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +78,37 @@ def _saved_class(name_or_path: str, subfolder: str) -> str | None:
         return None  # AutoencoderKL.from_pretrained names what is wrong with it
 
 
+@contextmanager
+def outside_zero_init():
+    """Frozen models load whole under DeepSpeed ZeRO-3 (diffusers' train_text_to_image pattern): transformers creates
+    a model inside deepspeed.zero.Init, which partitions its parameters across the ranks, whenever its global DeepSpeed
+    config says ZeRO-3; only the trained UNet goes through deepspeed.initialize, so nothing would gather a frozen
+    model's pieces for its forward. Accelerate's switch for this no longer clears that global (accelerate 1.15 sets it
+    again whatever the flag), so it is cleared here too, and set back from the plugin afterwards."""
+    from accelerate.state import AcceleratorState, is_initialized
+
+    plugin = AcceleratorState().deepspeed_plugin if is_initialized() else None
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    with plugin.zero3_init_context_manager(enable=False):
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            plugin.set_deepspeed_weakref()
+
+
 def load_vae(name_or_path: str, *, flag: str = "--vae_name_or_path", revision: str | None = None) -> AutoencoderKL:
     """An AutoencoderKL folder or Hub id, or a pipeline folder holding vae/; a saved MockAutoencoder as itself."""
     subfolder = "vae" if (Path(name_or_path) / "vae" / "config.json").is_file() else ""
     cls = MockAutoencoder if _saved_class(name_or_path, subfolder) == "MockAutoencoder" else AutoencoderKL
     try:
-        return cls.from_pretrained(name_or_path, subfolder=subfolder, revision=revision).eval().requires_grad_(False)
+        with outside_zero_init():
+            vae = cls.from_pretrained(name_or_path, subfolder=subfolder, revision=revision)
+        return vae.eval().requires_grad_(False)
     except Exception as e:
         raise UserError(f"{flag} {name_or_path}: cannot load an {cls.__name__} there ({first_line(e)}).") from None
 

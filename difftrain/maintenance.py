@@ -176,36 +176,37 @@ class Maintenance:
         self._new_window()
 
     def validate(self) -> None:
-        """samples/step-N.png from the shipping weights, and the trackers' image log."""
+        """samples/step-N.png from the shipping weights, and the trackers' image log. Every rank calls this (and
+        evaluate, save_pipeline): sharded weights are gathered by all; the main process samples and writes."""
         run = self.run
-        if self.accelerator.is_main_process:
-            with run.weights.swapped_in() as model:
-                grid = run.recipe.sample_grid(model)
+        with run.weights.whole() as model:
+            grid = run.recipe.sample_grid(model) if model is not None else None
+        if grid is not None:
             (run.out / "samples").mkdir(exist_ok=True)
             grid.save(run.out / "samples" / f"step-{run.global_step}.png")
             log_grid(self.accelerator, grid, run.global_step)
 
     def keep_guide(self) -> None:
         """guide_unet/: the shipping weights as they are now, what autoguidance later steers away from."""
-        if self.accelerator.is_main_process:
-            with self.run.weights.swapped_in() as model:
+        with self.run.weights.whole() as model:  # every rank: sharded weights are gathered by all
+            if model is not None:
                 save_guide(model, self.run.out)
         self.accelerator.wait_for_everyone()
 
     def evaluate(self) -> None:
-        if self.accelerator.is_main_process:
-            with self.run.weights.swapped_in() as model:
+        with self.run.weights.whole() as model:
+            if model is not None:
                 self.accelerator.log(self.evaluation(model), step=self.run.global_step)
         self.accelerator.wait_for_everyone()
 
     def save_pipeline(self) -> None:
         run = self.run
-        if self.accelerator.is_main_process:
-            with run.weights.swapped_in() as model:
+        with run.weights.whole() as model:
+            if model is not None:
                 run.recipe.save_pipeline(model, run.out)
-            if self.cfg.push_to_hub:
-                self.pushes.append(hub.push_pipeline(self.cfg, run.out, run.global_step, run.recipe.pipeline_class,
-                                                     (run.recipe.eval_prompts or [None])[0]))
+        if self.accelerator.is_main_process and self.cfg.push_to_hub:
+            self.pushes.append(hub.push_pipeline(self.cfg, run.out, run.global_step, run.recipe.pipeline_class,
+                                                 (run.recipe.eval_prompts or [None])[0]))
         self.accelerator.wait_for_everyone()
 
 

@@ -20,7 +20,7 @@ from .data.captions import EMPTY, caption_candidates, default_validation_prompts
 from .config import grid_guidance, uses_ema
 from . import lora
 from .errors import UserError
-from .latents import DenoisingSpace, load_vae
+from .latents import DenoisingSpace, load_vae, outside_zero_init
 from .models import build_unet, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
 from .pipelines import generate, guided_predictor, image_grid
@@ -71,8 +71,9 @@ def load_text_encoder(cfg, sources: Sources) -> TextEncoder:
     path, tok_sub, enc_sub = sources.text_encoder
     flag = "--text_encoder_name_or_path" if cfg.text_encoder_name_or_path or not tok_sub else \
         "--pretrained_model_name_or_path"
-    return TextEncoder.load(path, tokenizer_subfolder=tok_sub, text_encoder_subfolder=enc_sub, flag=flag,
-                            revision=cfg.revision if tok_sub else None)
+    with outside_zero_init():  # frozen: whole on every rank under ZeRO-3
+        return TextEncoder.load(path, tokenizer_subfolder=tok_sub, text_encoder_subfolder=enc_sub, flag=flag,
+                                revision=cfg.revision if tok_sub else None)
 
 
 def make_unet(cfg, encoder: TextEncoder, resolution: int, channels: int) -> UNet2DConditionModel:

@@ -23,7 +23,7 @@ from .data import EpochSampler, collate
 from .errors import UserError
 from .maintenance import Maintenance, StopRequests, stop_on_bad_loss
 from .utils import check_writable, default_mixed_precision
-from .weights import ShippingWeights
+from .weights import ShippingWeights, check_sharding
 
 
 @dataclass
@@ -199,6 +199,7 @@ def set_up(cfg, build_recipe) -> Run:
         seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
     set_seed(seed)  # same initial weights on every rank
     recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
+    check_sharding(accelerator, recipe.model, use_ema=config.uses_ema(cfg))
     _speed_options(cfg, recipe.model, accelerator)
     if resume is not None:  # before the run folder is touched
         checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
@@ -221,6 +222,7 @@ def set_up(cfg, build_recipe) -> Run:
     trained = [p for p in recipe.model.parameters() if p.requires_grad]  # all, or a LoRA run's adapters
     lr = learning_rate(cfg, accelerator.num_processes)
     optimizer = _make_optimizer(cfg, trained, lr, accelerator.device.type)
+    shipped_class = type(recipe.model)  # before prepare: FSDP2 gives the module it shards a class of its own
     model, optimizer, dataloader = accelerator.prepare(recipe.model, optimizer, dataloader)
     set_seed(seed, device_specific=True)  # different noise on each rank from here on
     # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
@@ -230,8 +232,8 @@ def set_up(cfg, build_recipe) -> Run:
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=max_steps)
     accelerator.register_for_checkpointing(lr_scheduler)
-    weights = ShippingWeights(accelerator.unwrap_model(model), use_ema=config.uses_ema(cfg), max_decay=cfg.ema_max_decay,
-                              inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, device=accelerator.device,
+    weights = ShippingWeights(accelerator, model, model_class=shipped_class, use_ema=config.uses_ema(cfg),
+                              max_decay=cfg.ema_max_decay, inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power,
                               offload=cfg.offload_ema, foreach=cfg.foreach_ema, start=recipe.ema_start)
     checkpoints.register_diffusers_format(accelerator, weights)
     if weights.ema is not None and not weights.whole_model:

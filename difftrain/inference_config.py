@@ -33,9 +33,9 @@ class SamplerOptions:
     seed: int = opt(0, "Image k is generated from seed + k alone.")
     negative_prompt: str | None = opt(None, "Text models: what classifier-free guidance steers away from (default: "
                                       "the empty prompt).")
-    guidance_scale: float | None = opt(None, "Text and class models: classifier-free guidance scale; 1 turns it off. "
-                                       "Unset: the scale the model was trained for (its run's "
-                                       "--validation_guidance_scale), else 7.5.")
+    guidance_scale: float | None = opt(None, "Text and class models: classifier-free guidance scale; unconditional "
+                                       "models with guide_unet/: autoguidance scale; 1 turns it off. Unset: the scale "
+                                       "the model was trained for (its run's --validation_guidance_scale), else 7.5.")
     lora: str | None = opt(None, "A LoRA run's output_dir or checkpoint (or any diffusers LoRA folder) to apply to "
                            "--model, its base. A LoRA run's folder also works alone as --model.")
     lora_scale: float = opt(1.0, "Strength of the --lora adapters (0: the base alone).")

@@ -12,7 +12,9 @@ from .utils import written_beside
 
 GUIDE_FOLDER = "guide_unet"  # beside unet/ in the run folder; plain diffusers' DDPMPipeline ignores it (unguided)
 AUTOGUIDANCE = 2.0  # the default scale: grids, sample.py, evaluate.py (README Quality)
-AUTOGUIDANCE_SNAPSHOT = 0.25  # the fraction of the run at which the guide is kept (README Quality)
+# the fraction of the run at which the guide is kept: the default run's EMA at 0.16 and 0.32 of it guided the final
+# model to 82 and 85 % legible digits (300 samples each; README Quality)
+AUTOGUIDANCE_SNAPSHOT = 0.3
 
 
 def snapshot_step(fraction: float, max_steps: int) -> int | None:

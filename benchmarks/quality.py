@@ -151,6 +151,8 @@ def score(args, device) -> dict:
         class_prompts([args.prompt_template], classifier.labels) if model.conditional else []
     args.guidance_scale = resolve_guidance(model, args.guidance_scale)
     images, record = generate(model, args, device, prompts)
+    if model.guidable:
+        record.update(guidance_scale=args.guidance_scale)
     probs = predict_proba(classifier, images)
     read_as, confidence = probs.argmax(1), probs.max(1)
     shares = np.bincount(read_as, minlength=10) / len(images)
@@ -166,7 +168,7 @@ def score(args, device) -> dict:
     if prompts:
         expected = np.arange(len(images)) % 10
         per_digit = [float((read_as[expected == d] == d).mean()) for d in range(10)]
-        record.update(guidance_scale=args.guidance_scale, prompt_template=args.prompt_template,
+        record.update(prompt_template=args.prompt_template,
                       prompt_accuracy=float((read_as == expected).mean()), prompt_accuracy_per_digit=per_digit)
     if not args.no_fid:
         resolution = images.shape[-1]

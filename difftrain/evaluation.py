@@ -56,7 +56,7 @@ def estimate_cpu_seconds(model: Model | None, cfg, *, images: int, steps: int, r
             model.unet(x, torch.tensor(1, device=device), **kwargs)
             start = time.perf_counter()
             model.unet(x, torch.tensor(1, device=device), **kwargs)
-        guided = 2 if model.conditional and cfg.guidance_scale != 1.0 else 1
+        guided = 2 if model.guidable and cfg.guidance_scale != 1.0 else 1
         per_image = (time.perf_counter() - start) / batch * steps * guided
     return images * (per_feature + per_image) + reference_images * per_feature
 
@@ -99,9 +99,9 @@ def evaluate(cfg) -> Path:
         return evaluate_samples(cfg, device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale)
-    if cfg.guidance_scale is not None and not model.conditional:
-        raise UserError(f"--guidance_scale steers text- and class-conditional models; {cfg.model} is unconditional "
-                        f"({type(model.unet).__name__}); drop --guidance_scale.")
+    if cfg.guidance_scale is not None and not model.guidable:
+        raise UserError(f"--guidance_scale steers text- and class-conditional models and autoguided ones; {cfg.model} "
+                        f"is unconditional with no guide_unet/ ({type(model.unet).__name__}); drop --guidance_scale.")
     # resolved into a copy, so metrics.json records it and the caller's config stays as asked
     cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:

@@ -74,7 +74,8 @@ def test_metrics_json_has_finite_fid_and_kid(overfit_metrics, ref_path):
     m = overfit_metrics
     assert math.isfinite(m["fid"]) and math.isfinite(m["kid_mean"]) and math.isfinite(m["kid_std"])
     assert m["num_samples"] == N and m["reference"]["n"] == N and m["kid_subset_size"] == N
-    assert m["scheduler"] == "euler_a" and m["num_inference_steps"] == 20 and m["network_calls_per_image"] == 20
+    assert m["scheduler"] == "euler_a" and m["num_inference_steps"] == 20
+    assert m["network_calls_per_image"] == 40 and m["guidance_scale"] == 2.0  # autoguided: its run kept a guide
     assert m["resolution"] == SIZE and m["reference"]["resolution"] == SIZE and ref_path.is_file()
 
 

@@ -126,6 +126,7 @@ def evaluate(cfg) -> Path:
     resolution = int(ref.meta.get("resolution", resolution)) if ref.meta else resolution
     common = {"model": cfg.model, "model_path": str(model.path), "weights": model.weights,
               "reference": {**(ref.meta or {}), "n": ref.n}, "resolution": resolution, "device": str(device),
+              "guidance_scale": cfg.guidance_scale if model.guidable else None,
               "preprocessing": metrics.PREPROCESSING, "versions": package_versions()}
     if not cfg.sweep:
         run = generate_and_measure(model, runs[0][0], cfg, resolution=resolution, device=device, prompts=prompts,

@@ -33,7 +33,7 @@ def load_guide(folder: Path, unet: torch.nn.Module) -> torch.nn.Module | None:
     if not (Path(folder) / GUIDE_FOLDER / "config.json").is_file():
         return None
     guide = type(unet).from_pretrained(str(Path(folder) / GUIDE_FOLDER), torch_dtype=unet.dtype)
-    if _architecture(guide) != _architecture(unet):
+    if _shapes(guide) != _shapes(unet):
         from .errors import UserError
 
         raise UserError(f"{folder}/{GUIDE_FOLDER} is not the architecture of its unet/; delete {GUIDE_FOLDER}/ "
@@ -41,5 +41,7 @@ def load_guide(folder: Path, unet: torch.nn.Module) -> torch.nn.Module | None:
     return guide.to(unet.device).eval()
 
 
-def _architecture(unet) -> dict:
-    return {k: v for k, v in unet.config.items() if not k.startswith("_")}
+def _shapes(unet) -> dict:
+    """What must match for the two to share an input and an output: every weight's name and shape (the configs may
+    differ in bookkeeping, e.g. an EMA folder's decay)."""
+    return {name: tuple(p.shape) for name, p in unet.state_dict().items()}

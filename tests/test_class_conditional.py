@@ -99,7 +99,9 @@ def test_quality_reports_class_accuracy_for_a_class_model(tiny_class_run, tmp_pa
 def test_class_flags_without_class_conditional_are_refused(tmp_path, capsys):
     import train_unconditional
 
-    for flags in (["--label_dropout", "0.2"], ["--label_column", "y"], ["--validation_guidance_scale", "2"]):
+    # --validation_guidance_scale is also the autoguidance scale: refused only where there is no guide either
+    for flags in (["--label_dropout", "0.2"], ["--label_column", "y"],
+                  ["--validation_guidance_scale", "2", "--autoguidance_snapshot", "0"]):
         assert run_script(train_unconditional, [*TINY, "--output_dir", tmp_path / "run", *flags]) == 2
         assert "--class_conditional" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()

@@ -74,6 +74,10 @@ class SampleConfig(SamplerOptions):
     strength: float | None = opt(None, "img2img: how much of --init_image is redrawn, 0 (returned as it is) to 1 "
                                  "(ignored). Unset: 0.6, or 1.0 with --mask_image.")
     mask_image: str | None = opt(None, "Inpainting: white marks what to repaint in --init_image; the rest is kept.")
+    repaint_jumps: int = opt(0, "Inpainting: RePaint's resampling: every --repaint_jump_length steps, go back up that "
+                             "many steps by forward diffusion and denoise them again, N times (diffusers' "
+                             "jump_n_sample - 1; 0: off). Samplers: ddpm, ddim, euler, euler_a.")
+    repaint_jump_length: int = opt(10, "Steps each --repaint_jumps jump goes back (diffusers' jump_length).")
     output_type: str = opt("png", "png: one PNG per image; npz: one uint8 NHWC array (for evaluation).",
                            choices=["png", "npz"])
     output_dir: str | None = opt(None, "Where to write (default: MODEL/samples/<scheduler>-<steps>/).")
@@ -85,6 +89,12 @@ class SampleConfig(SamplerOptions):
                 raise UserError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
         if self.strength is not None and not 0.0 <= self.strength <= 1.0:
             raise UserError(f"--strength must be in [0, 1] (got {self.strength}).")
+        if self.repaint_jumps < 0 or self.repaint_jump_length < 1:
+            raise UserError(f"--repaint_jumps must be 0 or more and --repaint_jump_length at least 1 (got "
+                            f"{self.repaint_jumps} and {self.repaint_jump_length}).")
+        if self.repaint_jumps and not self.mask_image:
+            raise UserError("--repaint_jumps resamples what --mask_image marks for repainting; pass --init_image and "
+                            "--mask_image, or drop it.")
 
 
 @dataclass

@@ -56,11 +56,17 @@ class Model:
         return "class_labels" if self.class_names is not None else "encoder_hidden_states"
 
     @property
+    def masked_image_input(self) -> bool:
+        """A Stable Diffusion inpainting UNet: the latents, the mask and the masked image's latents in."""
+        return self.unet.config.in_channels != self.unet.config.out_channels  # _load_unet lets only those through
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        """What the UNet denoises: images, or a latent model's latents."""
+        """What the UNet denoises: images, or a latent model's latents (what it predicts: an inpainting UNet's input
+        has more channels)."""
         from .pipelines import sample_shape
 
-        return sample_shape(self.unet)
+        return (self.unet.config.out_channels, *sample_shape(self.unet)[1:])
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
@@ -97,7 +103,6 @@ def _quiet_diffusers():
         logging.set_verbosity(level)
 
 
-
 def local_folder(model: str) -> Path:
     """--model as a local folder: itself, or the Hub snapshot (cached, or downloaded when online)."""
     path = Path(model)
@@ -119,7 +124,7 @@ def local_folder(model: str) -> Path:
                         "pass a local pipeline or checkpoint-N folder, or retry online.") from None
 
 
-def _load_unet(folder: Path, dtype: torch.dtype):
+def _load_unet(folder: Path, dtype: torch.dtype, inpainting: bool = False):
     try:
         class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
     except (OSError, ValueError) as e:
@@ -134,10 +139,15 @@ def _load_unet(folder: Path, dtype: torch.dtype):
     if isinstance(unet, UNet2DModel) and unet.config.get("class_embed_type"):
         raise UserError(f"{folder}: a UNet2DModel with class_embed_type {unet.config.class_embed_type}; sample.py "
                         "samples class models with num_class_embeds (train_unconditional.py --class_conditional).")
-    if unet.config.in_channels != unet.config.out_channels:  # e.g. Stable Diffusion inpainting's 9-channel UNet
-        raise UserError(f"{folder}: a UNet taking {unet.config.in_channels} channels and predicting "
-                        f"{unet.config.out_channels} (an inpainting UNet with masked-image input); sample.py does not "
-                        "drive those: use diffusers' StableDiffusionInpaintPipeline.")
+    channels_in, channels_out = unet.config.in_channels, unet.config.out_channels
+    stable_diffusion_inpainting = isinstance(unet, UNet2DConditionModel) and channels_in == 2 * channels_out + 1
+    if channels_in != channels_out and not stable_diffusion_inpainting:
+        raise UserError(f"{folder}: a UNet taking {channels_in} channels and predicting {channels_out}; sample.py "
+                        "drives an inpainting UNet with masked-image input only as Stable Diffusion's (a "
+                        "UNet2DConditionModel taking latents, mask and masked-image latents: 2 × 4 + 1 channels).")
+    if channels_in != channels_out and not inpainting:
+        raise UserError(f"{folder}: an inpainting UNet with masked-image input ({channels_in} channels: latents, mask, "
+                        "masked-image latents) only repaints: sample.py --init_image IMAGE --mask_image MASK.")
     return unet
 
 
@@ -188,10 +198,11 @@ def _latent_vae(folder: Path, device, dtype):
 
 
 def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32,
-               lora: str | None = None, lora_scale: float = 1.0) -> Model:
+               lora: str | None = None, lora_scale: float = 1.0, inpainting: bool = False) -> Model:
     """A pipeline folder (model_index.json + unet/ + scheduler/), a checkpoint-N/ folder (unet/, and unet_ema/ when
     trained with EMA, and scheduler/; the frozen text encoder and VAE come from the run folder around it), a LoRA
-    run or checkpoint (its base named in training_config.yaml), or a Hub id; `lora`: a LoRA folder applied on top."""
+    run or checkpoint (its base named in training_config.yaml), or a Hub id; `lora`: a LoRA folder applied on top.
+    A Stable Diffusion inpainting UNet (masked-image input) loads only when `inpainting` (a --mask_image is given)."""
     folder = local_folder(model)
     if (folder / LORA_FILE).is_file() and not (folder / "unet").is_dir():
         return _load_lora_run(folder, use_ema=use_ema, device=device, dtype=dtype, scale=lora_scale)
@@ -209,7 +220,7 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     else:
         raise UserError(f"--model {model}: neither a pipeline folder (no model_index.json) nor a checkpoint "
                         "(no unet/); pass a training run's output_dir or one of its checkpoint-N folders.")
-    unet = _load_unet(folder / weights, dtype).to(device).eval()
+    unet = _load_unet(folder / weights, dtype, inpainting).to(device).eval()
     scheduler_folder = folder if (folder / "scheduler").is_dir() else run  # checkpoints before this version: the run's
     loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
@@ -229,8 +240,6 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     elif lora_scale != 1.0:
         raise UserError(f"--lora_scale {lora_scale}: --model {model} has no LoRA; pass --lora DIR or drop it.")
     return loaded
-
-
 
 
 def _lora_weights_folder(folder: Path, use_ema: bool) -> tuple[Path, str, Path]:

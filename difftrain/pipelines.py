@@ -26,7 +26,7 @@ def image_generators(seeds: list[int]) -> list[torch.Generator]:
 @torch.no_grad()
 def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[int], num_inference_steps: int,
              device, dtype=torch.float32, *, init: torch.Tensor | None = None, strength: float = 1.0,
-             mask: torch.Tensor | None = None, **step_kwargs) -> torch.Tensor:
+             mask: torch.Tensor | None = None, repaint=None, **step_kwargs) -> torch.Tensor:
     """Sample len(seeds) images in [-1, 1]. Everything random about image k, its starting noise and the noise a
     stochastic scheduler adds at each step, comes from a generator seeded by seeds[k] alone, so image k is the
     same whatever the batch it is generated in. predict(x_t, t) → model output; `dtype` is the dtype of the
@@ -35,8 +35,9 @@ def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[i
     img2img (SDEdit): `init` (N, *shape) is noised to the timestep `strength` of the way up the schedule and only
     the rest is denoised: strength 0 returns it as it is, 1 starts from pure noise. Inpainting: `mask` (N, 1, h, w),
     1 = repaint; after every step the known region (mask 0) is `init` re-noised to the next timestep with the
-    image's own starting noise (diffusers' inpainting for ordinary UNets, the RePaint idea without resampling), and
-    after the last step `init` itself."""
+    image's own starting noise (diffusers' inpainting for ordinary UNets, the RePaint idea), and after the last step
+    `init` itself. `repaint` (a repaint.Resampling) adds RePaint's jumps: the steps run in its order, and where a step
+    comes again the sample first goes back up the schedule to that step's noise level."""
     generators = image_generators(seeds)
     if hasattr(scheduler, "noise_sampler_seed"):  # DPMSolverSDEScheduler: one Brownian tree per image
         scheduler.noise_sampler_seed = list(seeds)
@@ -61,12 +62,17 @@ def generate(predict: Callable, scheduler, shape: tuple[int, ...], seeds: list[i
     if mask is not None:
         mask = mask.to(device=device, dtype=dtype)
     x = noise * scheduler.init_noise_sigma if start == 0 else scheduler.add_noise(init, noise, timesteps[:1])
-    for i, t in enumerate(timesteps):
+    done = -1
+    for i in repaint.order(len(timesteps)) if repaint else range(len(timesteps)):
+        if i <= done:  # a RePaint jump back: from after step `done` up to before step i
+            x = repaint.renoise(scheduler, x, timesteps, start, done + 1, i, generators)
+        t = timesteps[i]
         model_input = scheduler.scale_model_input(x, t)
         x = scheduler.step(predict(model_input, t), t, x, **step_kwargs).prev_sample
         if mask is not None:
             known = init if i + 1 == len(timesteps) else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
             x = mask * x + (1 - mask) * known
+        done = i
     return x.float()
 
 

@@ -26,6 +26,7 @@ from .editing import Edit, load_edit
 from .errors import UserError
 from .loading import Model, load_model, resolve_guidance
 from .pipelines import autoguided_predictor, comparison_sheet, generate, guided_predictor, image_grid
+from .repaint import check_scheduler as check_jump_scheduler
 from .schedulers import (
     check_num_inference_steps,
     default_scheduler,
@@ -94,13 +95,14 @@ def check_conditioning(model: Model, prompts: list[str], cfg) -> None:
 
 
 def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt: str | None,
-               guidance_scale: float) -> Callable:
-    """predict(x_t, t) for the images `indices` (image k gets prompt k mod P)."""
+               guidance_scale: float, edit: Edit | None = None) -> Callable:
+    """predict(x_t, t) for the images `indices` (image k gets prompt k mod P; an inpainting UNet, its masked image)."""
+    unet = edit.unet_for(model.unet, indices) if edit else model.unet
     if not model.conditional:
-        return autoguided_predictor(model.unet, model.guide, guidance_scale)
+        return autoguided_predictor(unet, model.guide, guidance_scale)
     cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
     uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
-    return guided_predictor(model.unet, cond, uncond, guidance_scale, key=model.condition_key)
+    return guided_predictor(unet, cond, uncond, guidance_scale, key=model.condition_key)
 
 
 @dataclass
@@ -130,10 +132,9 @@ def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batc
         for first in range(0, len(seeds), batch_size):
             batch = seeds[first : first + batch_size]
             indices = range(first, first + len(batch))
-            predict = counted(_predictor(model, indices, prompts, negative_prompt, guidance_scale))
-            init, mask = edit.rows(indices) if edit else (None, None)
-            x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32, init=init,
-                         strength=edit.strength if edit else 1.0, mask=mask, **step_kwargs)
+            predict = counted(_predictor(model, indices, prompts, negative_prompt, guidance_scale, edit))
+            x = generate(predict, scheduler, model.image_shape, batch, steps, device, torch.float32,
+                         **(edit.inputs(indices) if edit else {}), **step_kwargs)
             batches.append(to_uint8(model.decode(x)).cpu())  # .cpu() waits for the device, so the clock is honest
             bar.update(len(batch))
     n_batches = -(-len(seeds) // batch_size)
@@ -147,6 +148,8 @@ def build_scheduler(name: str, model: Model, cfg, *, strict: bool = True):
         name, model.scheduler_config, timestep_spacing=cfg.timestep_spacing,
         use_karras_sigmas=cfg.use_karras_sigmas, clip_sample=cfg.clip_sample, thresholding=cfg.thresholding,
     )
+    if getattr(cfg, "repaint_jumps", 0):  # evaluate.py has no jumps
+        check_jump_scheduler(name, scheduler)
     return scheduler, step_options(scheduler, eta=cfg.eta, strict=strict)
 
 
@@ -226,7 +229,7 @@ def sample(cfg) -> Path | None:
     read_prompts(cfg)  # an unreadable --prompt_file fails before the model loads
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
-                       lora_scale=cfg.lora_scale)
+                       lora_scale=cfg.lora_scale, inpainting=cfg.mask_image is not None)
     prompts = conditions(model, cfg)
     edit = load_edit(cfg, model, device)
     # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
@@ -257,7 +260,7 @@ def compare_schedulers(cfg, model: Model, prompts: list[str], device, edit: Edit
                              model.samples_dir / f"all-{cfg.num_inference_steps}")
     seeds = [cfg.seed + k for k in range(cfg.num_images)]
     # one forward first, so the first scheduler's time does not include the network's warm-up
-    _predictor(model, range(1), prompts, cfg.negative_prompt, cfg.guidance_scale)(
+    _predictor(model, range(1), prompts, cfg.negative_prompt, cfg.guidance_scale, edit)(
         torch.zeros(1, *model.image_shape, device=device), torch.tensor(1, device=device))
     rows, timings = [], []
     for name in scheduler_table(model.scheduler_config):

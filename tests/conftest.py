@@ -202,11 +202,10 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-@pytest.fixture(scope="session")
-def tiny_sd_pipeline(tmp_path_factory) -> Path:
+def make_tiny_sd_pipeline(folder: Path, unet_in_channels: int = 4) -> Path:
     """A Stable-Diffusion-format folder (StableDiffusionPipeline.save_pretrained) of random-initialised tiny parts:
     UNet2DConditionModel, AutoencoderKL (2x downsampling), CLIPTextModel and a locally made CLIP tokenizer, and a
-    PNDMScheduler as Stable Diffusion ships."""
+    PNDMScheduler as Stable Diffusion ships. unet_in_channels 9: an inpainting UNet (latents, mask, masked image)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -219,14 +218,26 @@ def tiny_sd_pipeline(tmp_path_factory) -> Path:
         pad_token_id=len(tokenizer) - 1))
     vae = AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8, sample_size=16)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[16, 32],
-                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
+    unet = UNet2DConditionModel(sample_size=8, in_channels=unet_in_channels, out_channels=4,
+                                block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
+                                cross_attention_dim=16, attention_head_dim=2,
                                 down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
     scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
                               steps_offset=1)
-    folder = tmp_path_factory.mktemp("tiny-sd") / "pipeline"
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                             safety_checker=None, feature_extractor=None, requires_safety_checker=False
                             ).save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline(tmp_path_factory) -> Path:
+    """make_tiny_sd_pipeline's text-to-image folder."""
+    return make_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpainting_pipeline(tmp_path_factory) -> Path:
+    """make_tiny_sd_pipeline's folder with a 9-channel inpainting UNet, as stable-diffusion-inpainting ships."""
+    return make_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd-inpainting") / "pipeline", unet_in_channels=9)

@@ -51,13 +51,9 @@ def test_strength_half_pulls_a_noisy_copy_toward_what_the_model_learned(overfit_
 
 
 def test_inpainting_keeps_the_unmasked_pixels_and_repaints_the_rest(overfit_epsilon_model, tmp_path):
-    white = np.full((OVERFIT_SIZE, OVERFIT_SIZE, 3), 255, np.uint8)
-    Image.fromarray(white).save(tmp_path / "white.png")
-    mask = np.zeros((OVERFIT_SIZE, OVERFIT_SIZE), np.uint8)
-    mask[:, : OVERFIT_SIZE // 2] = 255  # repaint the left half
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    assert sample("--model", overfit_epsilon_model, "--init_image", tmp_path / "white.png", "--mask_image",
-                  tmp_path / "mask.png", "--num_images", 2, "--scheduler", "ddim", "--output_dir", tmp_path / "out") == 0
+    edit, white = _half_mask(tmp_path, OVERFIT_SIZE)
+    assert sample("--model", overfit_epsilon_model, *edit, "--num_images", 2, "--scheduler", "ddim",
+                  "--output_dir", tmp_path / "out") == 0
     out = read(tmp_path / "out").astype(int)
     assert np.array_equal(out[:, OVERFIT_SIZE // 2 :], white[:, OVERFIT_SIZE // 2 :])
     assert np.abs(out[:, : OVERFIT_SIZE // 2] - 255).mean() > 20  # the circle's left half comes back

@@ -13,6 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import torch.distributed
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -33,6 +34,9 @@ def main(script: str, argv: list[str]) -> int:
     from difftrain.cli import run
 
     AcceleratorState.__init__ = _as_fsdp
+    # end_training destroys the process group; a second init_process_group in the same torchrun processes waits
+    # forever on the agent's store, so the group is kept for the next run and destroyed once at the end
+    PartialState.destroy_process_group = lambda self, group=None: None
     sys.path.insert(0, str(Path(script).resolve().parent))
     work = runpy.run_path(script)["main"]  # not as __main__: its main is called below, once per run
     runs = [[]]
@@ -44,6 +48,7 @@ def main(script: str, argv: list[str]) -> int:
         code = run(work, args)
         if code:
             return code
+    torch.distributed.destroy_process_group()
     return 0
 
 

@@ -6,11 +6,12 @@
 
 Sections, in order: correctness (each script ~30 s in bf16: trains, saves, samples), training (images/s and peak
 GPU memory of the training step: the default, GPU and text-GPU presets at batch 64 and 256, --compile and
-channels_last on/off where the trainer has those switches, else a TODO row), sampler (images/s at 20 steps), fid
+--channels_last on/off; a switch a checkout's trainer lacks gives a TODO row), sampler (images/s at 20 steps), fid
 (seconds for FID over 10k samples), fsdp (configs/accelerate/fsdp.yaml on one GPU: world size 1 still shards through
 the real code path), deepspeed (deepspeed_zero2.yaml, if deepspeed imports). The table goes to DIR/gpu.md (DIR: --out,
 else $OUT, else benchmarks/results/). Training images/s is the median of the rates the trainer logs after the first
-10 updates, so compile time is left out; peak memory is torch.cuda.max_memory_allocated of the training process.
+10 updates (the trainer leaves the compiling first update out of images/s in any case and logs its time as
+compile_seconds, shown in the row's setting); peak memory is torch.cuda.max_memory_allocated of the training process.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's difftrain, whatever is installed
 SECTIONS = ["correctness", "training", "sampler", "fid", "fsdp", "deepspeed"]
 PRESETS = {"default": "configs/mnist.yaml", "gpu": "configs/mnist_gpu.yaml", "text-gpu": "configs/mnist_text_gpu.yaml"}
-SWITCHES = ["--compile", "--channels_last"]  # TODO rows until the trainer has them (named as the issue names them)
+SWITCHES = ["--compile", "--channels_last"]  # the trainer's flags; TODO rows for a trainer without them
 NEVER = ["--checkpointing_steps", "1000000", "--validation_steps", "1000000", "--save_model_epochs", "1000000"]
 
 
@@ -91,6 +92,7 @@ class Bench:
                "--report_to", "tensorboard", "--seed", 0, *([] if self.smoke else ["--mixed_precision", "bf16"])]
         code, seconds, last = self.run(name, cmd)
         result = {"ok": code == 0, "seconds": seconds, "last": last, "out": out, "rate": None, "loss": None,
+                  "compile_seconds": None,
                   "peak": json.loads(peak_file.read_text())["peak_gpu_gib"] if peak_file.is_file() else None}
         if code == 0 and not self.args.dry_run:
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -100,6 +102,8 @@ class Bench:
             logged = events.Scalars("images_per_s")  # every update, or every --logging_steps where that exists
             result["rate"] = statistics.median([s.value for s in logged if s.step > 10] or [s.value for s in logged])
             result["loss"] = events.Scalars("loss")[-1].value
+            if "compile_seconds" in events.Tags()["scalars"]:
+                result["compile_seconds"] = events.Scalars("compile_seconds")[0].value
         return result
 
     def text_flags(self) -> list:
@@ -164,6 +168,8 @@ class Bench:
             flags = ["--config", config, "--max_train_steps", self.steps, "--train_batch_size", batch, *NEVER, *wanted,
                      *(self.text_flags() if preset.startswith("text") else [])]
             r = self.train(f"train-{preset}-b{batch}{''.join(wanted)}", script, flags)
+            if r["compile_seconds"] is not None:
+                setting += f" (compiled in {r['compile_seconds']:.0f} s)"
             self.row("training", preset, setting, r["rate"], r["peak"], r["seconds"],
                      "ok" if r["ok"] else f"FAILED: {r['last']}")
             if r["ok"] and not wanted:

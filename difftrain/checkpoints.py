@@ -144,7 +144,7 @@ def register_diffusers_format(accelerator, weights) -> None:
 
     def _save_models(models, state_dicts, folder: Path):  # on every rank: gathering sharded weights needs them all
         for model in models:
-            model = accelerator.unwrap_model(model)
+            model = accelerator.unwrap_model(model, keep_torch_compile=False)  # --compile: the module it wraps
             if lora.has_adapters(model):
                 if accelerator.is_main_process:
                     lora.save(model, folder)
@@ -162,7 +162,7 @@ def register_diffusers_format(accelerator, weights) -> None:
 
     def load_hook(models, folder):
         while models:  # empty under FSDP and DeepSpeed: Accelerate loads their sharded files itself
-            model = accelerator.unwrap_model(models.pop())
+            model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
             if lora.has_adapters(model):
                 lora.load_into(model, Path(folder))
                 continue

@@ -37,6 +37,8 @@ class Maintenance:
         self.window_losses = []  # the checked losses of the updates since the last log
         self.grad_norm = None  # the last update's, a device tensor
         self.checked_now = False  # whether the last update was a check (the host has waited for the device)
+        # a compiled model (--compile) compiles in this process's first update: timed apart, left out of images/s
+        self.compiling = run.compiled
         self._new_window()
 
     def _new_window(self) -> None:
@@ -62,6 +64,8 @@ class Maintenance:
         self.unchecked.append(loss)
         self.grad_norm = grad_norm
         self.progress.update(1)
+        if self.compiling:
+            self._time_compilation()
         log_now = step % run.logging_steps == 0 or step == run.max_steps
         checkpoint_now = step % cfg.checkpointing_steps == 0
         grid_now = bool(cfg.validation_steps) and step % cfg.validation_steps == 0
@@ -82,6 +86,17 @@ class Maintenance:
                     self.validate()
                 if eval_now:
                     self.evaluate()
+
+    def _time_compilation(self) -> None:
+        """After the first update of a compiled model: its time (compilation, nearly all of it) is logged as
+        compile_seconds, and the images/s window starts over, so the first images/s figure is training only."""
+        self.compiling = False
+        self.check()  # a sync: the device has finished the first update before the window starts
+        seconds = self.window_seconds + time.perf_counter() - self.clock
+        self.accelerator.log({"compile_seconds": seconds}, step=self.run.global_step)
+        if self.accelerator.is_main_process:
+            self.progress.write(f"compiled in the first update: {seconds:.0f} s (compile_seconds; not in images/s)")
+        self._new_window()
 
     def check(self) -> None:
         """A sync point: read the losses of the updates since the last check (one device-to-host copy) and stop at
@@ -167,11 +182,14 @@ class Maintenance:
         elapsed = self.window_seconds + time.perf_counter() - self.clock
         loss = sum(self.window_losses) / len(self.window_losses)
         logs = {"loss": loss, "lr": run.lr_scheduler.get_last_lr()[0], "grad_norm": float(self.grad_norm),
-                "images_per_s": self.window_images / max(elapsed, 1e-9), "epoch": epoch}
+                "epoch": epoch}
+        if self.window_images:  # none in a window of the compiling update only (compile_seconds has that one)
+            logs["images_per_s"] = self.window_images / max(elapsed, 1e-9)
         if run.weights.decay is not None:
             logs["ema_decay"] = run.weights.decay
         self.accelerator.log(logs, step=run.global_step)
-        self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
+        shown = {"img_s": f"{logs['images_per_s']:.0f}"} if "images_per_s" in logs else {}
+        self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", **shown)
         self.window_losses.clear()
         self._new_window()
 

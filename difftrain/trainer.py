@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 
-from . import checkpoints, config, hub
+from . import checkpoints, config, hub, speed
 from .autoguidance import GUIDE_FOLDER
 from .data import EpochSampler, collate
 from .errors import UserError
@@ -100,6 +100,7 @@ class Run:
     updates_per_epoch: int
     max_steps: int
     logging_steps: int = 1  # --logging_steps as resolved
+    compiled: bool = False  # prepare() compiled the model (--compile): its first update compiles
     global_step: int = 0
     pending_losses: list = field(default_factory=list)  # the micro-batch losses of the update in progress
     # a device-side flag: a non-finite loss was seen, so every update since is skipped on device until maintenance's
@@ -200,7 +201,7 @@ def set_up(cfg, build_recipe) -> Run:
     set_seed(seed)  # same initial weights on every rank
     recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
     check_sharding(accelerator, recipe.model, use_ema=config.uses_ema(cfg))
-    _speed_options(cfg, recipe.model, accelerator)
+    speed.apply(cfg, recipe.model, accelerator)
     if resume is not None:  # before the run folder is touched
         checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
                                     batch=checkpoints.batch_geometry(cfg, accelerator))
@@ -208,6 +209,7 @@ def set_up(cfg, build_recipe) -> Run:
     if accelerator.is_main_process:
         _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg),
                                                          "mixed_precision": accelerator.mixed_precision,
+                                                         "compile": speed.compiles(accelerator),
                                                          "logging_steps": logging_steps, **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
@@ -223,7 +225,9 @@ def set_up(cfg, build_recipe) -> Run:
     lr = learning_rate(cfg, accelerator.num_processes)
     optimizer = _make_optimizer(cfg, trained, lr, accelerator.device.type)
     shipped_class = type(recipe.model)  # before prepare: FSDP2 gives the module it shards a class of its own
+    speed.before_prepare(recipe.model, accelerator)
     model, optimizer, dataloader = accelerator.prepare(recipe.model, optimizer, dataloader)
+    speed.after_prepare(cfg, recipe.model, accelerator)
     set_seed(seed, device_specific=True)  # different noise on each rank from here on
     # The schedule advances once per optimizer update, on every rank; it is not given to prepare(),
     # which would step it num_processes times per update (diffusers #1957/#3954).
@@ -239,7 +243,7 @@ def set_up(cfg, build_recipe) -> Run:
     if weights.ema is not None and not weights.whole_model:
         accelerator.register_for_checkpointing(weights.ema)  # adapters' EMA: no diffusers format to save it in
     run = Run(cfg, accelerator, recipe, out, seed, model, optimizer, lr_scheduler, dataloader, weights,
-              updates_per_epoch, max_steps, logging_steps)
+              updates_per_epoch, max_steps, logging_steps, compiled=speed.compiles(accelerator))
     if resume is not None:
         accelerator.print(f"Resuming from {resume}")
         accelerator.load_state(str(resume))
@@ -259,6 +263,7 @@ def _accelerator(cfg, out: Path) -> Accelerator:
         mixed_precision=cfg.mixed_precision or default_mixed_precision(),
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / cfg.logging_dir)),
+        dynamo_plugin=speed.dynamo_plugin(cfg),
     )
     if cfg.mixed_precision is None and accelerator.mixed_precision != os.environ.get("ACCELERATE_MIXED_PRECISION", "no"):
         accelerator.print(f"note: bf16 mixed precision, which this {accelerator.device.type.upper()} computes natively "
@@ -276,25 +281,6 @@ def learning_rate(cfg, num_processes: int) -> float:
     if cfg.scale_lr:
         return cfg.learning_rate * cfg.train_batch_size * cfg.gradient_accumulation_steps * num_processes
     return cfg.learning_rate
-
-
-def _speed_options(cfg, model, accelerator) -> None:
-    if cfg.allow_tf32:
-        if accelerator.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        else:
-            accelerator.print(f"note: --allow_tf32 changes CUDA matmuls only; it has no effect on {accelerator.device.type}.")
-    if cfg.offload_ema and accelerator.device.type == "cpu":
-        accelerator.print("note: --offload_ema keeps the EMA in CPU memory, where this run's weights already are.")
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    if cfg.enable_xformers_memory_efficient_attention:
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            raise UserError("--enable_xformers_memory_efficient_attention needs xformers: pip install xformers.") from None
-        model.enable_xformers_memory_efficient_attention()
 
 
 def _write_run_folder(cfg, out: Path, recipe: Recipe, resolved: dict, clear_checkpoints: bool) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from accelerate.utils import DistributedType, parse_flag_from_env
+from accelerate.utils import DistributedType, is_compiled_module, parse_flag_from_env
 from diffusers.training_utils import EMAModel
 
 from .errors import UserError
@@ -61,8 +61,12 @@ class ShippingWeights:
         """model: as Accelerate prepared it; model_class: its class before (FSDP2 gives the module it shards a class
         of its own); offload: the EMA lives in CPU memory and visits the device for each update (diffusers'
         --offload_ema); start: the network the average starts from (default: `model`; diffusers' --non_ema_revision)."""
-        self.accelerator, self.prepared, self.model_class = accelerator, model, model_class
-        self.model = accelerator.unwrap_model(model)  # the network being trained (its pieces, when sharded)
+        # get_state_dict gathers from the sharded module itself, not from torch.compile's wrapper of it (--compile)
+        self.prepared = model._orig_mod if is_compiled_module(model) else model
+        self.accelerator, self.model_class = accelerator, model_class
+        # the network being trained (its pieces, when sharded), uncompiled: grids, evaluations and saves run it as it
+        # is, and its state_dict has diffusers' keys (a compiled module's are prefixed _orig_mod.)
+        self.model = accelerator.unwrap_model(model, keep_torch_compile=False)
         self.sharded = parameters_sharded(accelerator)
         self.device, self.offload = torch.device(accelerator.device), offload
         self.ema = None

@@ -12,10 +12,11 @@ import sys
 from difftrain import config, trainer
 from difftrain.cli import run
 from difftrain.unconditional import build_recipe
+from difftrain.unconditional_config import UnconditionalConfig
 
 
 def main(argv: list[str]) -> None:
-    cfg = config.parse(config.UnconditionalConfig, argv, description=__doc__)
+    cfg = config.parse(UnconditionalConfig, argv, description=__doc__)
     trainer.train(cfg, build_recipe)
 
 

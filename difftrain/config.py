@@ -1,5 +1,6 @@
-"""Every training option and its one default, as dataclasses: the schemas of the three training scripts (options.py
-parses them; inference_config.py holds those of sample.py and evaluate.py).
+"""Every training option that all three training scripts share, and its one default (options.py parses them;
+unconditional_config.py and text_config.py add each script's own; inference_config.py holds those of sample.py and
+evaluate.py).
 A YAML file (`--config`) sets many, flags beat the file.
 
 Flag names are those of diffusers' example scripts, so a pasted command line keeps its meaning.
@@ -12,13 +13,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from .autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_SNAPSHOT
-from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .data.images import INTERPOLATION_MODES
 from .objectives import PREDICTION_TYPES
+from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict
+
 # the engine's verbs, used as config.parse(TrainConfig, argv) etc.
-from .options import build_parser, dump, fields_of, from_dict, load_yaml, opt, parse, to_dict  # noqa: F401
+__all__ = ["TrainConfig", "build_parser", "dump", "from_dict", "load_yaml", "parse", "to_dict", "HUB_CHECKPOINT",
+           "check_ranges", "grid_guidance", "logging_steps", "uses_ema"]
 
 
 # --resume_from_checkpoint hub:USER/REPO[@checkpoint-N] (hub.py downloads it)
@@ -282,68 +284,3 @@ def uses_ema(cfg) -> bool:
     """--use_ema as resolved: what the user said, else on from scratch and off for a fine-tune (diffusers' default
     there, where an EMA copy of a large UNet costs its size again in memory)."""
     return cfg.use_ema if cfg.use_ema is not None else not cfg.pretrained_model_name_or_path
-
-
-def autoguidance_snapshot(cfg) -> float:
-    """--autoguidance_snapshot as resolved: what the user said, else AUTOGUIDANCE_SNAPSHOT for an unconditional model
-    from scratch (the default MNIST model: legible digits 76 → 80 %, FID_1k 22.6 → 17.8), else 0 (none)."""
-    if cfg.autoguidance_snapshot is not None:
-        return cfg.autoguidance_snapshot
-    return 0.0 if cfg.class_conditional or cfg.pretrained_model_name_or_path else AUTOGUIDANCE_SNAPSHOT
-
-
-@dataclass
-class UnconditionalConfig(TrainConfig):
-    """train_unconditional.py: every TrainConfig option, plus class conditioning (--class_conditional) and latent
-    diffusion (--vae_name_or_path)."""
-
-    class_conditional: bool = opt(False, "Condition on the dataset's class labels (--label_column): a UNet2DModel with "
-                                  "one class embedding per class plus 'no class', trained with --label_dropout so "
-                                  "classifier-free guidance works; the output loads in difftrain's "
-                                  "ClassConditionalPipeline and samples with sample.py --class_label.")
-    label_column: str = opt("label", "Class-conditional: the column of class labels (a ClassLabel keeps its names; "
-                            "integers or strings are numbered in sorted order).")
-    label_dropout: float = opt(0.1, "Class-conditional: probability of training on 'no class' instead of the label.")
-    validation_guidance_scale: float | None = opt(
-        None, "The guidance of the sample grids, and sample.py's default for the model: classifier-free guidance of a "
-        f"class-conditional model (unset: {CLASS_GUIDANCE}), autoguidance of an unconditional one with a guide "
-        f"(--autoguidance_snapshot; unset: {AUTOGUIDANCE}).")
-    autoguidance_snapshot: float | None = opt(
-        None, "Unconditional: the fraction of the run at which the shipping (EMA) weights are kept as guide_unet/, the "
-        "weaker version of the model that autoguidance steers away from (sample.py --guidance_scale); 0: none. "
-        f"Unset: {AUTOGUIDANCE_SNAPSHOT} from scratch, 0 for a fine-tune; class models have classifier-free guidance "
-        "instead.")
-    eval_classifier: str | None = opt(None, "Class-conditional, with --eval_steps: a classifier folder (evaluate.py "
-                                      "train-classifier); logs the fraction of samples of class k read as class k.")
-    vae_name_or_path: str | None = opt(
-        None, "Train in a frozen VAE's latent space: an AutoencoderKL (folder, Hub id, or pipeline folder with vae/), "
-        "or 'mock' (parameter-free: average-pool by --mock_vae_factor, nearest upsample back; to debug the latent "
-        "path). The output loads in difftrain's LatentDiffusionPipeline.")
-    mock_vae_factor: int = opt(2, "--vae_name_or_path mock: its downsampling factor (a power of two).")
-    cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.mock_vae_factor != _default(type(self), "mock_vae_factor") and self.vae_name_or_path != "mock":
-            raise UserError("--mock_vae_factor sets the mock VAE's downsampling; pass --vae_name_or_path mock or drop it.")
-        if self.mock_vae_factor < 1 or self.mock_vae_factor & (self.mock_vae_factor - 1):
-            raise UserError(f"--mock_vae_factor must be a power of two, 1, 2, 4, ... (got {self.mock_vae_factor}).")
-        if self.cache_latents and not self.vae_name_or_path:
-            raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path (an AutoencoderKL, or mock).")
-        snapshot = self.autoguidance_snapshot
-        if snapshot is not None and not 0.0 <= snapshot < 1.0:
-            raise UserError(f"--autoguidance_snapshot is a fraction of the run, 0 (no guide) to below 1 (got {snapshot}).")
-        if snapshot and self.class_conditional:
-            raise UserError("--autoguidance_snapshot guides unconditional models; a class model has classifier-free "
-                            "guidance (--validation_guidance_scale): drop --autoguidance_snapshot.")
-        if not self.class_conditional:
-            class_options = ("label_column", "label_dropout", "eval_classifier") + \
-                (() if autoguidance_snapshot(self) else ("validation_guidance_scale",))
-            changed = [f"--{n}" for n in class_options if getattr(self, n) != _default(type(self), n)]
-            if changed:
-                raise UserError(f"{', '.join(changed)} shape(s) a class-conditional model, which --class_conditional "
-                                "turns on; pass it or drop them.")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise UserError(f"--label_dropout must be in [0, 1) (got {self.label_dropout}).")
-        if self.validation_guidance_scale is not None and self.validation_guidance_scale < 0:
-            raise UserError(f"--validation_guidance_scale must be 0 or more (got {self.validation_guidance_scale}).")

@@ -16,7 +16,8 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from . import checkpoints
 from .classes import CLASS_GUIDANCE
-from .config import HUB_CHECKPOINT, autoguidance_snapshot, grid_guidance, uses_ema
+from .config import HUB_CHECKPOINT, grid_guidance, uses_ema
+from .unconditional_config import autoguidance_snapshot
 from .errors import UserError
 from .pipeline_code import LOAD_ARGS
 from .utils import first_line

@@ -12,7 +12,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 
 from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
-from .config import autoguidance_snapshot
+from .unconditional_config import autoguidance_snapshot
 from .data import decode_images, load_source_dataset
 from .errors import UserError
 from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT, run_script, tiny_2d_unet
 from difftrain.autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_SNAPSHOT, GUIDE_FOLDER, snapshot_step
-from difftrain.config import UnconditionalConfig, autoguidance_snapshot
+from difftrain.unconditional_config import UnconditionalConfig, autoguidance_snapshot
 from difftrain.errors import UserError
 from difftrain.options import parse
 from difftrain.pipelines import autoguided_predictor

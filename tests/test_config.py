@@ -6,6 +6,7 @@ import pytest
 from difftrain import config, text_config
 from difftrain.config import TrainConfig
 from difftrain.errors import UserError
+from difftrain.unconditional_config import UnconditionalConfig
 
 
 def test_defaults_are_the_mnist_recipe():
@@ -127,7 +128,7 @@ def test_default_recipes_are_pinned():
     assert (cfg.ddpm_beta_schedule, cfg.prediction_type, uses_ema(cfg)) == ("squaredcos_cap_v2", None, True)
     assert cfg.unet["block_out_channels"] == [32, 64, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
     assert cfg.mixed_precision is None  # bf16 where native: tests/test_utils.py
-    classes = config.UnconditionalConfig(class_conditional=True)
+    classes = UnconditionalConfig(class_conditional=True)
     assert (classes.label_column, classes.label_dropout, classes.validation_guidance_scale) == ("label", 0.1, None)
     assert __import__("difftrain.classes").classes.CLASS_GUIDANCE == 2.0
     text = TextToImageConfig()

@@ -6,6 +6,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from conftest import ROOT, snapshot
 from difftrain import hub
+from difftrain.unconditional_config import UnconditionalConfig
 
 
 class RecordingApi:
@@ -84,7 +85,7 @@ def test_class_conditional_cards_load_in_plain_diffusers():
     from difftrain import config
     from difftrain.hub import model_card
 
-    cfg = config.parse(config.UnconditionalConfig, ["--class_conditional"])
+    cfg = config.parse(UnconditionalConfig, ["--class_conditional"])
     card = model_card(cfg, repo_id="me/classes", global_step=3, pipeline_class="ClassConditionalPipeline", grid=None)
     assert 'DiffusionPipeline.from_pretrained("me/classes", custom_pipeline="pipeline", trust_remote_code=True)' in card
     assert "pipeline(class_labels=pipeline.class_names[:4], guidance_scale=2.0)" in card and "difftrain." not in card
@@ -119,8 +120,6 @@ def test_push_to_hub_offline_fails_before_training(tmp_path, train_unconditional
 
 
 def test_a_latent_runs_card_loads_it_with_difftrains_pipeline():
-    from difftrain import config
-
-    card = hub.model_card(config.UnconditionalConfig(vae_name_or_path="mock"), repo_id="me/latent", global_step=5,
+    card = hub.model_card(UnconditionalConfig(vae_name_or_path="mock"), repo_id="me/latent", global_step=5,
                           pipeline_class="LatentDiffusionPipeline", grid=None)
     assert 'LatentDiffusionPipeline.from_pretrained("me/latent")' in card and "latent-diffusion" in card

@@ -15,6 +15,7 @@ from huggingface_hub.utils import filter_repo_objects
 from conftest import snapshot
 from difftrain import config, hub
 from difftrain.errors import UserError
+from difftrain.unconditional_config import UnconditionalConfig
 from test_hub import RecordingApi
 from test_resume_and_stops import TINY, weights
 
@@ -119,7 +120,7 @@ def test_checkpoints_go_up_in_the_background_rotate_and_resume_exactly_elsewhere
 
 
 def resume_config(output_dir, resume, *extra):
-    return config.parse(config.UnconditionalConfig,
+    return config.parse(UnconditionalConfig,
                         ["--output_dir", str(output_dir), "--resume_from_checkpoint", resume, *extra])
 
 
@@ -151,7 +152,7 @@ def test_latest_takes_the_hubs_newest_only_when_the_output_folder_has_none(tmp_p
 ])
 def test_nonsense_hub_checkpoint_options_are_refused(flags, message):
     with pytest.raises(UserError, match=message) as refused:
-        config.parse(config.UnconditionalConfig, flags)
+        config.parse(UnconditionalConfig, flags)
     assert "\n" not in str(refused.value)
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import SHORT, TINY, reset_accelerate, snapshot
 from difftrain import config, trainer, unconditional
+from difftrain.unconditional_config import UnconditionalConfig
 
 
 def weights(folder):
@@ -23,7 +24,7 @@ def test_the_config_holds_what_was_asked_and_the_run_folder_what_was_resolved(tm
     """Unset options (seed, prediction type, EMA) are resolved by the run and written to training_config.yaml; the
     config object keeps what the user asked. The training scheduler is in the run folder from the start (the grids'
     samplers and sample.py read it) and in every checkpoint."""
-    cfg = config.parse(config.UnconditionalConfig, [*map(str, TINY), "--output_dir", str(tmp_path / "run"),
+    cfg = config.parse(UnconditionalConfig, [*map(str, TINY), "--output_dir", str(tmp_path / "run"),
                                                     "--max_train_steps", "2", "--checkpointing_steps", "2"])
     cfg = dataclasses.replace(cfg, seed=None)
     asked = config.to_dict(cfg)
@@ -37,7 +38,7 @@ def test_the_config_holds_what_was_asked_and_the_run_folder_what_was_resolved(tm
     assert isinstance(saved["seed"], int) and saved["prediction_type"] == "v_prediction" and saved["use_ema"] is True
     assert saved["logging_steps"] == 1 and cfg.logging_steps is None  # unset: every update on CPU
     # --config repeats it
-    assert config.to_dict(config.from_dict(config.UnconditionalConfig, saved))["seed"] == saved["seed"]
+    assert config.to_dict(config.from_dict(UnconditionalConfig, saved))["seed"] == saved["seed"]
     for folder in (out, out / "checkpoint-2"):
         assert DDPMScheduler.from_pretrained(folder / "scheduler").config.prediction_type == "v_prediction"
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from difftrain import config, inference_config, text_config
 from difftrain.options import flag_table
+from difftrain.unconditional_config import UnconditionalConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {  # marker → (schema, the schema whose flags it leaves out)
-    "train_unconditional": (config.UnconditionalConfig, None),
+    "train_unconditional": (UnconditionalConfig, None),
     "train_text_to_image": (text_config.TextToImageConfig, config.TrainConfig),
     "train_text_to_image_lora": (text_config.LoraTextToImageConfig, text_config.TextToImageConfig),
     "sample": (inference_config.SampleConfig, None),

@@ -19,6 +19,7 @@ from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .lora import WEIGHT_NAME as LORA_FILE
+from .lora import apply as apply_lora, weights_folder as lora_weights_folder
 from .utils import first_line
 
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
@@ -234,42 +235,23 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
         names = loaded.class_names
         loaded.encode_prompts = lambda labels: torch.tensor(label_ids(labels, names), device=device)
     if lora:
-        lora_folder, lora_weights, _ = _lora_weights_folder(local_folder(lora), use_ema)
-        _apply_lora(loaded.unet, lora_folder, lora_scale)
+        lora_folder, lora_weights, _ = lora_weights_folder(local_folder(lora), use_ema)
+        apply_lora(loaded.unet, lora_folder, lora_scale)
         loaded.weights = f"{weights}+{lora_weights}"
     elif lora_scale != 1.0:
         raise UserError(f"--lora_scale {lora_scale}: --model {model} has no LoRA; pass --lora DIR or drop it.")
     return loaded
 
 
-def _lora_weights_folder(folder: Path, use_ema: bool) -> tuple[Path, str, Path]:
-    """(folder holding the LoRA file to use, its name for the metadata, the run folder) of a LoRA run or checkpoint:
-    a checkpoint's ema/ adapters unless --no_ema."""
-    if not (folder / LORA_FILE).is_file():
-        raise UserError(f"--lora {folder}: no {LORA_FILE} there; pass a LoRA run's output_dir or checkpoint-N.")
-    checkpoint = (folder / "trainer_state.json").is_file()
-    if checkpoint and use_ema and (folder / "ema" / LORA_FILE).is_file():
-        return folder / "ema", "lora_ema", folder.parent
-    return folder, "lora", folder.parent if checkpoint else folder
-
-
-def _apply_lora(unet, folder: Path, scale: float) -> None:
-    from . import lora
-
-    if not isinstance(unet, UNet2DConditionModel):
-        raise UserError(f"--lora {folder}: LoRA applies to text-to-image UNets; this model is unconditional.")
-    lora.apply(unet, folder, scale)
-
-
 def _load_lora_run(folder: Path, *, use_ema: bool, device, dtype, scale: float) -> Model:
     """A LoRA run folder or checkpoint: its base (training_config.yaml), its training scheduler, its adapters."""
-    lora_folder, lora_weights, run = _lora_weights_folder(folder, use_ema)
+    lora_folder, lora_weights, run = lora_weights_folder(folder, use_ema)
     base = run_config(run).get("pretrained_model_name_or_path")
     if not base:
         raise UserError(f"--model {folder}: LoRA weights without a training_config.yaml naming their base; pass "
                         f"--model BASE --lora {folder}.")
     loaded = load_model(str(base), use_ema=use_ema, device=device, dtype=dtype)
-    _apply_lora(loaded.unet, lora_folder, scale)
+    apply_lora(loaded.unet, lora_folder, scale)
     loaded.weights = f"{loaded.weights}+{lora_weights}"
     loaded.path = folder.resolve()
     loaded.samples_dir = run / "samples" / (folder.name if run != folder else "")

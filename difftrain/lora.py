@@ -70,8 +70,24 @@ def load_into(unet: torch.nn.Module, folder: Path) -> None:
                         "the --rank and --lora_target_modules it was trained with.")
 
 
+def weights_folder(folder: Path, use_ema: bool) -> tuple[Path, str, Path]:
+    """Sampling: (folder holding the LoRA file to use, its name for the metadata, the run folder) of a LoRA run or
+    checkpoint: a checkpoint's ema/ adapters unless --no_ema."""
+    if not (folder / WEIGHT_NAME).is_file():
+        raise UserError(f"--lora {folder}: no {WEIGHT_NAME} there; pass a LoRA run's output_dir or checkpoint-N.")
+    checkpoint = (folder / "trainer_state.json").is_file()
+    if checkpoint and use_ema and (folder / "ema" / WEIGHT_NAME).is_file():
+        return folder / "ema", "lora_ema", folder.parent
+    return folder, "lora", folder.parent if checkpoint else folder
+
+
 def apply(unet: torch.nn.Module, folder: Path, scale: float = 1.0) -> None:
-    """Sampling: load the LoRA file in folder into the UNet (any diffusers-format LoRA of a UNet) at `scale`."""
+    """Sampling: load the LoRA file in folder into the UNet (any diffusers-format LoRA of a text-to-image UNet) at
+    `scale`."""
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(unet, UNet2DConditionModel):
+        raise UserError(f"--lora {folder}: LoRA applies to text-to-image UNets; this model is unconditional.")
     try:
         unet.load_lora_adapter(str(folder), prefix="unet", adapter_name="lora", weight_name=WEIGHT_NAME)
     except Exception as e:

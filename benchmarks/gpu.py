@@ -34,22 +34,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's difftrain, whatever is installe
 SECTIONS = ["correctness", "training", "sampler", "fid", "fsdp", "deepspeed"]
 PRESETS = {"default": "configs/mnist.yaml", "gpu": "configs/mnist_gpu.yaml", "text-gpu": "configs/mnist_text_gpu.yaml"}
 SWITCHES = ["--compile", "--channels_last"]  # the trainer's flags; TODO rows for a trainer without them
+WORKERS = Path(__file__).with_name("gpu_workers.py")  # what runs in the child processes
 NEVER = ["--checkpointing_steps", "1000000", "--validation_steps", "1000000", "--save_model_epochs", "1000000"]
-
-
-def inner(script: str, argv: list[str]) -> int:
-    """`gpu.py --inner SCRIPT ARGS`: SCRIPT's training in this process, then its peak GPU memory (rank 0 writes it)."""
-    import runpy
-
-    import torch
-
-    from difftrain.cli import run
-
-    code = run(runpy.run_path(str(ROOT / script))["main"], argv)
-    if torch.cuda.is_available() and os.environ.get("RANK", "0") == "0":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        Path(os.environ["DIFFTRAIN_PEAK_FILE"]).write_text(json.dumps({"peak_gpu_gib": peak}))
-    return code
 
 
 class Bench:
@@ -84,11 +70,11 @@ class Bench:
         return code, time.perf_counter() - start, (lines[-1][-160:] if lines else "")
 
     def train(self, name, script, flags, launcher=None) -> dict:
-        """One training run through `gpu.py --inner`: exit status, seconds, logged images/s and loss, peak memory."""
+        """One training run through `gpu_workers.py train`: exit status, seconds, logged images/s and loss, peak memory."""
         out, peak_file = self.work / name, self.work / f"{name}.peak.json"
         peak_file.unlink(missing_ok=True)
         os.environ["DIFFTRAIN_PEAK_FILE"] = str(peak_file)
-        cmd = [*(launcher or [sys.executable]), Path(__file__), "--inner", script, *flags, "--output_dir", out,
+        cmd = [*(launcher or [sys.executable]), WORKERS, "train", script, *flags, "--output_dir", out,
                "--report_to", "tensorboard", "--seed", 0, *([] if self.smoke else ["--mixed_precision", "bf16"])]
         code, seconds, last = self.run(name, cmd)
         result = {"ok": code == 0, "seconds": seconds, "last": last, "out": out, "rate": None, "loss": None,
@@ -107,6 +93,8 @@ class Bench:
         return result
 
     def text_flags(self) -> list:
+        from benchmarks.gpu_workers import minilm_stand_in
+
         try:
             from difftrain.text import default_text_encoder_path
 
@@ -180,7 +168,7 @@ class Bench:
             for dtype in ("fp32", "bf16"):
                 n, batch = (16, 8) if self.smoke else (2048, 256)
                 code, seconds, last = self.run(f"sampler-{name}-{dtype}", [
-                    sys.executable, Path(__file__), "--sample", folder, "--dtype", dtype, "--n", n, "--batch", batch])
+                    sys.executable, WORKERS, "sample", folder, "--dtype", dtype, "--n", n, "--batch", batch])
                 rate = json.loads(last)["images_per_s"] if code == 0 and not self.args.dry_run else None
                 self.row("sampler", name, f"20 steps, {dtype} weights, batch {batch}", rate, seconds=seconds,
                          status="ok" if code == 0 else f"FAILED: {last}")
@@ -252,62 +240,14 @@ def script_flags(script: str) -> set[str]:
     return set(re.findall(r"--[a-z0-9_]+", help_text))
 
 
-def minilm_stand_in(folder: Path) -> Path:
-    """A random-initialised BertModel of all-MiniLM-L6-v2's shape (384 wide, 6 layers) with a character-level
-    WordPiece vocabulary: the same compute, nothing to download."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,'-")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars,
-                                                 *[f"##{c}" for c in chars]]) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                         intermediate_size=1536)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def sample_speed(folder: str, dtype: str, n: int, batch: int) -> None:
-    """`gpu.py --sample FOLDER`: images/s of sample.py's default sampler at 20 steps, after one warm-up batch."""
-    import torch
-
-    from difftrain.inference_config import SampleConfig
-    from difftrain.loading import load_model
-    from difftrain.sampling import build_scheduler, sample_images
-    from difftrain.schedulers import default_scheduler
-    from difftrain.text_config import DIGIT_PROMPTS
-    from difftrain.utils import DTYPES, resolve_device
-
-    device = resolve_device("auto")
-    model = load_model(folder, device=device, dtype=DTYPES.get(dtype, torch.float32))
-    name = default_scheduler(model.scheduler_config)
-    scheduler, step_kwargs = build_scheduler(name, model, SampleConfig(scheduler=name, num_inference_steps=20))
-    common = dict(steps=20, batch_size=batch, step_kwargs=step_kwargs, prompts=DIGIT_PROMPTS, negative_prompt=None,
-                  guidance_scale=1.0, device=device)
-    sample_images(model, scheduler, list(range(batch)), **common)  # warm-up
-    result = sample_images(model, scheduler, list(range(n)), **common)
-    print(json.dumps({"images_per_s": n / result.seconds}))
-
-
 def main() -> None:
-    if sys.argv[1:2] == ["--inner"]:
-        sys.exit(inner(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS)
     parser.add_argument("--smoke", action="store_true", help="Tiny settings, first rows only (any machine).")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="Print the commands; run none.")
     parser.add_argument("--out", help="Folder for gpu.md (default: $OUT, else benchmarks/results).")
     parser.add_argument("--work", help="Scratch folder for the runs (default: $TMPDIR/difftrain-gpu-bench).")
-    parser.add_argument("--sample", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--n", type=int, default=2048, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.sample:
-        return sample_speed(args.sample, args.dtype, args.n, args.batch)
     bench = Bench(args)
     bench.work.mkdir(parents=True, exist_ok=True)
     sections = ["correctness", "training", "sampler"] if args.smoke else args.only

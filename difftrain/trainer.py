@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 
 from . import checkpoints, config, hub, speed
+from .optimizer import learning_rate, make_optimizer, skips_on_device
 from .autoguidance import GUIDE_FOLDER
 from .data import EpochSampler, collate
 from .errors import UserError
@@ -57,30 +58,6 @@ def check_output_dir(cfg, resuming: bool) -> None:
             f"--output_dir {out} already holds a run ({previous[0]}); continue it with "
             "--resume_from_checkpoint latest, start over with --overwrite_output_dir, or pick another --output_dir."
         )
-
-
-def _make_optimizer(cfg, params, lr: float, device_type: str):
-    kwargs = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (CUDA only).") from None
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    # fused: one kernel per step (the fastest AdamW on CUDA and on CPU), and the one that can skip an update on
-    # device (skips_on_device)
-    return torch.optim.AdamW(params, fused=device_type in ("cuda", "cpu"), **kwargs)
-
-
-def skips_on_device(accelerator, optimizer) -> bool:
-    """Whether the optimizer can skip an update without a host sync: torch's fused AdamW leaves the weights, its
-    moments and its step count untouched when its `found_inf` is 1 (the protocol GradScaler drives). Not under fp16,
-    whose GradScaler sets found_inf itself, nor DeepSpeed, which steps its own optimizer; a checkpoint written by a
-    non-fused AdamW (an older run) restores fused=False."""
-    inner = optimizer.optimizer
-    return (accelerator.scaler is None and accelerator.distributed_type != DistributedType.DEEPSPEED
-            and isinstance(inner, torch.optim.AdamW) and all(group["fused"] for group in inner.param_groups))
 
 
 @dataclass
@@ -185,35 +162,7 @@ def update(run: Run, batch) -> tuple[torch.Tensor, torch.Tensor] | None:
 def set_up(cfg, build_recipe) -> Run:
     """Accelerator, seed, recipe, output folder, loader, optimizer, LR schedule, EMA, and the resumed state."""
     out = Path(cfg.output_dir)
-    resume = hub.find_resume_checkpoint(cfg)  # a local checkpoint, or one downloaded from the Hub
-    # 'latest' with nothing saved yet (a run stopped before its first checkpoint) starts over, as diffusers' scripts
-    # do: job schedulers pass it on every start
-    starting_over = resume is None and cfg.resume_from_checkpoint == "latest" and (out / "training_config.yaml").exists()
-    check_output_dir(cfg, resuming=resume is not None or starting_over)
-    if cfg.push_to_hub:
-        hub.check_access(cfg)
-    accelerator = _accelerator(cfg, out)
-    if starting_over:
-        accelerator.print(f"note: --resume_from_checkpoint latest: {out} has no checkpoint yet; starting over.")
-    seed = cfg.seed
-    if seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
-        seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
-    set_seed(seed)  # same initial weights on every rank
-    recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
-    check_sharding(accelerator, recipe.model, use_ema=config.uses_ema(cfg))
-    speed.apply(cfg, recipe.model, accelerator)
-    if resume is not None:  # before the run folder is touched
-        checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
-                                    batch=checkpoints.batch_geometry(cfg, accelerator))
-    logging_steps = config.logging_steps(cfg, accelerator.device.type)
-    if accelerator.is_main_process:
-        _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg),
-                                                         "mixed_precision": accelerator.mixed_precision,
-                                                         "compile": speed.compiles(accelerator),
-                                                         "logging_steps": logging_steps, **recipe.resolved},
-                          clear_checkpoints=cfg.overwrite_output_dir and resume is None)
-        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
-
+    accelerator, resume, seed, recipe, logging_steps = _start(cfg, build_recipe, out)
     dataloader = torch.utils.data.DataLoader(
         recipe.dataset, batch_size=cfg.train_batch_size, sampler=EpochSampler(len(recipe.dataset), seed),
         collate_fn=collate, num_workers=cfg.dataloader_num_workers,
@@ -223,7 +172,7 @@ def set_up(cfg, build_recipe) -> Run:
     )
     trained = [p for p in recipe.model.parameters() if p.requires_grad]  # all, or a LoRA run's adapters
     lr = learning_rate(cfg, accelerator.num_processes)
-    optimizer = _make_optimizer(cfg, trained, lr, accelerator.device.type)
+    optimizer = make_optimizer(cfg, trained, lr, accelerator.device.type)
     shipped_class = type(recipe.model)  # before prepare: FSDP2 gives the module it shards a class of its own
     speed.before_prepare(recipe.model, accelerator)
     model, optimizer, dataloader = accelerator.prepare(recipe.model, optimizer, dataloader)
@@ -257,6 +206,40 @@ def set_up(cfg, build_recipe) -> Run:
     return run
 
 
+def _start(cfg, build_recipe, out: Path) -> tuple:
+    """Everything checked before the first write, then the run folder: (accelerator, checkpoint to resume or None,
+    seed, recipe, --logging_steps as resolved)."""
+    resume = hub.find_resume_checkpoint(cfg)  # a local checkpoint, or one downloaded from the Hub
+    # 'latest' with nothing saved yet (a run stopped before its first checkpoint) starts over, as diffusers' scripts
+    # do: job schedulers pass it on every start
+    starting_over = resume is None and cfg.resume_from_checkpoint == "latest" and (out / "training_config.yaml").exists()
+    check_output_dir(cfg, resuming=resume is not None or starting_over)
+    if cfg.push_to_hub:
+        hub.check_access(cfg)
+    accelerator = _accelerator(cfg, out)
+    if starting_over:
+        accelerator.print(f"note: --resume_from_checkpoint latest: {out} has no checkpoint yet; starting over.")
+    seed = cfg.seed
+    if seed is None:  # drawn once, shared by every rank, recorded in training_config.yaml
+        seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
+    set_seed(seed)  # same initial weights on every rank
+    recipe = build_recipe(cfg, accelerator)  # every user error about data/model surfaces here, before any write
+    check_sharding(accelerator, recipe.model, use_ema=config.uses_ema(cfg))
+    speed.apply(cfg, recipe.model, accelerator)
+    if resume is not None:  # before the run folder is touched
+        checkpoints.check_resumable(resume, recipe.model, use_ema=config.uses_ema(cfg),
+                                    batch=checkpoints.batch_geometry(cfg, accelerator))
+    logging_steps = config.logging_steps(cfg, accelerator.device.type)
+    if accelerator.is_main_process:
+        _write_run_folder(cfg, out, recipe, resolved={"seed": seed, "use_ema": config.uses_ema(cfg),
+                                                         "mixed_precision": accelerator.mixed_precision,
+                                                         "compile": speed.compiles(accelerator),
+                                                         "logging_steps": logging_steps, **recipe.resolved},
+                          clear_checkpoints=cfg.overwrite_output_dir and resume is None)
+        accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
+
+    return accelerator, resume, seed, recipe, logging_steps
+
 def _accelerator(cfg, out: Path) -> Accelerator:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -274,13 +257,6 @@ def _accelerator(cfg, out: Path) -> Accelerator:
             "`accelerate launch` sets OMP_NUM_THREADS=1 on CPU unless given --num_cpu_threads_per_process N."
         )
     return accelerator
-
-
-def learning_rate(cfg, num_processes: int) -> float:
-    """--learning_rate, times the images per update with --scale_lr (diffusers' rule)."""
-    if cfg.scale_lr:
-        return cfg.learning_rate * cfg.train_batch_size * cfg.gradient_accumulation_steps * num_processes
-    return cfg.learning_rate
 
 
 def _write_run_folder(cfg, out: Path, recipe: Recipe, resolved: dict, clear_checkpoints: bool) -> None:

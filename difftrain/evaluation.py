@@ -112,7 +112,7 @@ def evaluate(cfg) -> Path:
                         "pass the text-to-image run's output_dir.")
     classifier = load_classifier(cfg.classifier, device=device) if cfg.classifier else None
     prompts = _conditions(cfg, model, classifier)
-    resolution = cfg.resolution or model.image_shape[1]
+    resolution = cfg.resolution or model.pixel_shape[1]  # a latent model's images, not its latents
     runs = sweep_runs(cfg, model) if cfg.sweep else \
         [(cfg.scheduler or default_scheduler(model.scheduler_config), cfg.num_inference_steps)]
     default_out = model.samples_dir.parent / "eval" / ("sweep" if cfg.sweep else f"{runs[0][0]}-{runs[0][1]}")

@@ -38,7 +38,8 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         license="apache-2.0",
         tags=["diffusers", "difftrain", pipeline_class, "diffusers-training"]
         + {"DDPMPipeline": ["unconditional-image-generation"], "ClassConditionalPipeline": ["class-conditional"],
-           "LatentDiffusionPipeline": ["latent-diffusion"]}.get(pipeline_class, ["text-to-image"])
+           "LatentDiffusionPipeline": ["latent-diffusion"],
+           "LDMPipeline": ["unconditional-image-generation", "latent-diffusion"]}.get(pipeline_class, ["text-to-image"])
         + (["lora"] if rank else []),
         datasets=[cfg.dataset_name] if cfg.dataset_name and "/" in cfg.dataset_name else None,
         base_model=cfg.pretrained_model_name_or_path or None,
@@ -49,8 +50,9 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         repo_id=repo_id, prompt=prompt or (getattr(cfg, "validation_prompts", None) or ["a photo"])[0],
         guidance=_guidance(cfg, pipeline_class), loader=loader, load=load.format(repo=repo_id),
         load_base=load.format(repo=cfg.pretrained_model_name_or_path))
-    if pipeline_class == "DDPMPipeline" and hasattr(cfg, "autoguidance_snapshot") and autoguidance_snapshot(cfg):
-        usage += ("\n# guide_unet/ is for autoguidance, which plain DDPMPipeline does not apply; difftrain samples "
+    if pipeline_class in ("DDPMPipeline", "LDMPipeline") and hasattr(cfg, "autoguidance_snapshot") and \
+            autoguidance_snapshot(cfg):
+        usage += (f"\n# guide_unet/ is for autoguidance, which plain {pipeline_class} does not apply; difftrain samples "
                   f"with it:\n# python sample.py --model {repo_id}")
     what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
             else f"A `{pipeline_class}`")

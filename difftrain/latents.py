@@ -1,6 +1,7 @@
-"""Latent space: a frozen AutoencoderKL (or the parameter-free MockAutoencoder), images ↔ latents (× its
-scaling_factor), and `--cache_latents`: each image's latent DISTRIBUTION (mean and log-variance) encoded once and
-kept on disk, so a cached run still draws a fresh latent sample every step, exactly as an uncached one does.
+"""Latent space: a frozen AutoencoderKL or VQModel (or the parameter-free MockAutoencoder), images ↔ latents (× its
+scaling_factor), and `--cache_latents`: each image's latent DISTRIBUTION (mean and log-variance; a point for the
+deterministic VQModel and mock) encoded once and kept on disk, so a cached run still draws a fresh latent sample every
+step, exactly as an uncached one does.
 DenoisingSpace is what both recipes share: pixels or latents, as the run's UNet sees them."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
+from diffusers import AutoencoderKL, ConfigMixin, ModelMixin, VQModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
@@ -60,14 +61,18 @@ class MockAutoencoder(ModelMixin, ConfigMixin):
             save_file({}, str(weights))
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
-        mean = F.avg_pool2d(x, self.config.factor)
-        # a point distribution: log-variance -30 is DiagonalGaussianDistribution's floor (std e^-15)
-        dist = DiagonalGaussianDistribution(torch.cat([mean, torch.full_like(mean, -30.0)], 1))
+        dist = point_distribution(F.avg_pool2d(x, self.config.factor))
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         x = F.interpolate(z, scale_factor=self.config.factor, mode="nearest")
         return DecoderOutput(sample=x) if return_dict else (x,)
+
+
+def point_distribution(z: torch.Tensor) -> DiagonalGaussianDistribution:
+    """A deterministic encoding as a distribution: log-variance -30 is DiagonalGaussianDistribution's floor (std
+    e^-15), so its samples are z to 1e-6."""
+    return DiagonalGaussianDistribution(torch.cat([z, torch.full_like(z, -30.0)], 1))
 
 
 def _saved_class(name_or_path: str, subfolder: str) -> str | None:
@@ -101,20 +106,41 @@ def outside_zero_init():
             plugin.set_deepspeed_weakref()
 
 
-def load_vae(name_or_path: str, *, flag: str = "--vae_name_or_path", revision: str | None = None) -> AutoencoderKL:
-    """An AutoencoderKL folder or Hub id, or a pipeline folder holding vae/; a saved MockAutoencoder as itself."""
-    subfolder = "vae" if (Path(name_or_path) / "vae" / "config.json").is_file() else ""
-    cls = MockAutoencoder if _saved_class(name_or_path, subfolder) == "MockAutoencoder" else AutoencoderKL
+VAE_CLASSES = {"VQModel": VQModel, "MockAutoencoder": MockAutoencoder}  # by config.json's _class_name; else KL
+
+
+def saved_vae(folder) -> Path | None:
+    """A pipeline folder's VAE: its vae/, or vqvae/ (LDMPipeline's name); None when it has neither."""
+    return next((Path(folder) / s for s in ("vae", "vqvae") if (Path(folder) / s / "config.json").is_file()), None)
+
+
+def load_vae(name_or_path: str, *, flag: str = "--vae_name_or_path", revision: str | None = None):
+    """An AutoencoderKL folder or Hub id, a VQModel folder, or a pipeline folder holding either (saved_vae); a saved
+    MockAutoencoder as itself."""
+    subfolder = getattr(saved_vae(name_or_path), "name", "")
+    cls = VAE_CLASSES.get(_saved_class(name_or_path, subfolder), AutoencoderKL)
     try:
         with outside_zero_init():
             vae = cls.from_pretrained(name_or_path, subfolder=subfolder, revision=revision)
-        return vae.eval().requires_grad_(False)
     except Exception as e:
-        raise UserError(f"{flag} {name_or_path}: cannot load an {cls.__name__} there ({first_line(e)}).") from None
+        article = "an" if cls is AutoencoderKL else "a"
+        raise UserError(f"{flag} {name_or_path}: cannot load {article} {cls.__name__} there ({first_line(e)}).") from None
+    if isinstance(vae, VQModel):
+        # LDM trains on a VQ model's latents unscaled (their variance is near 1), and diffusers' LDMPipeline decodes
+        # latents / vqvae.config.scaling_factor (unscaled before diffusers 0.22): scaling_factor 1, saved with it,
+        # makes every LDMPipeline agree with us. VQModel's default 0.18215 is Stable Diffusion's AutoencoderKL number,
+        # wrong for VQ latents (diffusers issue 6725).
+        vae.register_to_config(scaling_factor=1.0)
+    return vae.eval().requires_grad_(False)
 
 
 def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def latent_channels(vae) -> int:
+    """What the UNet denoises: a VQModel's latents are its codebook vectors' size (vq_embed_dim, if set)."""
+    return vae.config.get("vq_embed_dim") or vae.config.latent_channels
 
 
 def check_latent_resolution(resolution: int, vae, unet_config, model_cls) -> int:
@@ -133,16 +159,22 @@ def latents_from_distribution(vae_config, parameters: torch.Tensor) -> torch.Ten
     return (z - (vae_config.get("shift_factor") or 0.0)) * vae_config.scaling_factor
 
 
+def _latent_distribution(vae, images: torch.Tensor) -> DiagonalGaussianDistribution:
+    """A VQModel's encoding is its pre-quantisation latents (what LDM trains on; decode quantises them): a point."""
+    encoded = vae.encode(images.to(vae.dtype))
+    return point_distribution(encoded.latents) if isinstance(vae, VQModel) else encoded.latent_dist
+
+
 @torch.no_grad()
 def encode_distribution(vae, images: torch.Tensor) -> torch.Tensor:
-    """images in [-1, 1] → the latent distribution's parameters (N, 2·latent_channels, h, w)."""
-    return vae.encode(images.to(vae.dtype)).latent_dist.parameters
+    """images in [-1, 1] → the latent distribution's parameters (N, 2·latent channels, h, w)."""
+    return _latent_distribution(vae, images).parameters
 
 
 @torch.no_grad()
 def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
     """images in [-1, 1] → the latent distribution's mean in the UNet's units: a deterministic encoding, for img2img."""
-    z = vae.encode(images.to(vae.dtype)).latent_dist.mean.float()
+    z = _latent_distribution(vae, images).mean.float()
     return (z - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
 
 
@@ -187,13 +219,15 @@ def vae_image_mode(vae, image_mode: str) -> str:
     channel-agnostic mock takes the data's."""
     if isinstance(vae, MockAutoencoder):
         return image_mode
-    vae_mode = {1: "L", 3: "RGB"}.get(vae.config.in_channels)
-    if image_mode == "auto":
-        return vae_mode or image_mode
-    if image_mode != vae_mode:
+    channels = vae.config.in_channels
+    vae_mode = {1: "L", 3: "RGB"}.get(channels)
+    if vae_mode is None:
+        raise UserError(f"the VAE takes {channels}-channel images, but images are decoded as 1-channel (L) or "
+                        "3-channel (RGB) only; pass a VAE with in_channels 1 or 3.")
+    if image_mode not in ("auto", vae_mode):
         raise UserError(f"--image_mode {image_mode} gives {len(image_mode)}-channel images but the VAE "
-                        f"takes {vae.config.in_channels}; use --image_mode auto.")
-    return image_mode
+                        f"takes {channels}; use --image_mode auto.")
+    return vae_mode
 
 
 class CachedLatents(torch.utils.data.Dataset):
@@ -240,7 +274,7 @@ class DenoisingSpace:
                                          flipped=cfg.random_flip)
 
     def channels(self, images) -> int:
-        return self.vae.config.latent_channels if self.vae is not None else images[0]["pixels"].shape[0]
+        return latent_channels(self.vae) if self.vae is not None else images[0]["pixels"].shape[0]
 
     def training_scheduler(self, scheduler):
         """Latents are not in [-1, 1]: samplers must not clip them."""

@@ -24,7 +24,7 @@ from .utils import first_line
 
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "vae/*"]
+HUB_FILES = ["model_index.json", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "vae/*", "vqvae/*"]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Model:
     weights: str  # "unet" or "unet_ema"
     samples_dir: Path  # where output folders go by default
     encode_prompts: Callable[[list[str]], torch.Tensor] | None = None  # text models: prompts → hidden states
-    vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL (or mock) between images and latents
+    vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL, VQModel or mock: images ↔ latents
     guidance_scale: float | None = None  # guided models: the scale its run sampled its grids at
     class_names: list[str] | None = None  # class-conditional models: what --class_label names
     guide: torch.nn.Module | None = None  # unconditional models with guide_unet/: what autoguidance steers from
@@ -189,13 +189,13 @@ def _prompt_encoder(folder: Path, device, dtype) -> Callable | None:
 
 
 def _latent_vae(folder: Path, device, dtype):
-    """The vae/ saved beside the UNet (latent-space models only), else None: an AutoencoderKL, or the MockAutoencoder
-    of a `--vae_name_or_path mock` run (load_vae reads which from its config.json)."""
-    if not (folder / "vae").is_dir():
-        return None
-    from .latents import load_vae
+    """The vae/ (or LDMPipeline's vqvae/) saved beside the UNet (latent-space models only), else None: an
+    AutoencoderKL, a VQModel, or the MockAutoencoder of a `--vae_name_or_path mock` run (load_vae reads which from
+    its config.json)."""
+    from .latents import load_vae, saved_vae
 
-    return load_vae(str(folder / "vae"), flag="--model").to(device, dtype)
+    vae = saved_vae(folder)
+    return load_vae(str(vae), flag="--model").to(device, dtype) if vae else None
 
 
 def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.dtype = torch.float32,

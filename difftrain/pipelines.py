@@ -256,9 +256,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
 
 class LatentDiffusionPipeline(DiffusionPipeline):
-    """A UNet2DModel in a frozen VAE's latent space (an AutoencoderKL, or difftrain's MockAutoencoder), unconditional
-    or with class embeddings (class_names; sampled with classifier-free guidance): what `train_unconditional.py
-    --vae_name_or_path VAE` writes.
+    """A UNet2DModel in a frozen VAE's latent space (an AutoencoderKL, a VQModel, or difftrain's MockAutoencoder),
+    unconditional or with class embeddings (class_names; sampled with classifier-free guidance): what
+    `train_unconditional.py --vae_name_or_path VAE` writes (diffusers' LDMPipeline for an unconditional VQModel run).
 
         pipe = LatentDiffusionPipeline.from_pretrained("ddpm-latent")
         images = pipe(num_images=4).images                  # a class model: pipe(class_labels=["7", "3"])

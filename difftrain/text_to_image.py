@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import UNet2DConditionModel, VQModel
 
 from .data import decode_images, load_source_dataset, to_uint8
 from .data.captions import EMPTY, caption_candidates, default_validation_prompts, index_captions, pick_captions
@@ -123,6 +123,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
     vae = load_vae(sources.vae, flag="--vae_name_or_path" if cfg.vae_name_or_path else
                    "--pretrained_model_name_or_path", revision=None if cfg.vae_name_or_path else cfg.revision) \
         if sources.vae else None
+    if isinstance(vae, VQModel):  # Stable Diffusion's pipelines and ours take an AutoencoderKL here
+        raise UserError(f"{sources.vae} holds a VQModel; text-to-image trains in an AutoencoderKL's latent space "
+                        "(a VQModel's: train_unconditional.py --vae_name_or_path).")
     if cfg.pretrained_model_name_or_path:
         architecture = load_unet_config(cfg.pretrained_model_name_or_path, "--pretrained_model_name_or_path",
                                         UNet2DConditionModel)

@@ -1,21 +1,20 @@
 """The recipe of train_unconditional.py: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline; with
 --class_conditional, a UNet2DModel with class embeddings trained for classifier-free guidance, saved as a
 ClassConditionalPipeline; with --vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace,
-shared with text-to-image), saved as a LatentDiffusionPipeline."""
+shared with text-to-image), saved as a LatentDiffusionPipeline, or as diffusers' LDMPipeline when unconditional in a
+VQModel's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
 from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
 from .unconditional_config import autoguidance_snapshot
 from .data import decode_images, load_source_dataset
 from .errors import UserError
-from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae
+from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae, saved_vae
 from .models import build_unet, load_pretrained_unet, load_unet_config, noise_scheduler_for
 from .objectives import objective_for
 from .pipeline_code import write_pipeline_code
@@ -40,12 +39,13 @@ def unet_architecture(cfg) -> dict:
 
 
 def vae_source(cfg) -> str | None:
-    """--vae_name_or_path, else the vae/ of the latent run continued with --pretrained_model_name_or_path (its UNet
-    denoises those latents), else None: pixel space."""
+    """--vae_name_or_path, else the vae/ (or vqvae/) of the latent run continued with --pretrained_model_name_or_path
+    (its UNet denoises those latents), else None: pixel space."""
     pretrained = cfg.pretrained_model_name_or_path
     if cfg.vae_name_or_path or not pretrained:
         return cfg.vae_name_or_path
-    return str(Path(pretrained) / "vae") if (Path(pretrained) / "vae" / "config.json").is_file() else None
+    folder = saved_vae(pretrained)
+    return str(folder) if folder else None
 
 
 def frozen_vae(source: str | None, cfg):
@@ -96,6 +96,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
     guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else \
         CLASS_GUIDANCE if names else AUTOGUIDANCE
     items = CachedLatents(space.latents) if space.latents is not None else dataset
+    ldm = isinstance(vae, VQModel) and names is None  # diffusers' own pipeline for it: LDMPipeline (no classes)
 
     def loss(model, batch):
         labels = {} if names is None else {
@@ -117,14 +118,15 @@ def build_recipe(cfg, accelerator) -> Recipe:
         return image_grid(generate_images(model, list(range(len(shown))), shown), cols=len(columns))
 
     def save_frozen(folder) -> None:
-        """vae/, written once at the start so every checkpoint-N/ of the run is samplable at once: a real VAE read
-        again from its source in its saved dtype (the training copy may be fp16/bf16)."""
+        """vae/ (LDMPipeline's vqvae/), written once at the start so every checkpoint-N/ of the run is samplable at
+        once: a real VAE read again from its source in its saved dtype (the training copy may be fp16/bf16)."""
         mock = isinstance(space.vae, MockAutoencoder)  # its config is all there is to save
-        (space.vae if mock else load_vae(vae_from)).save_pretrained(folder / "vae")
+        (space.vae if mock else load_vae(vae_from)).save_pretrained(folder / ("vqvae" if ldm else "vae"))
 
     def save_pipeline(model, folder) -> None:
-        if vae is not None:  # model_index.json, unet/ and scheduler/; vae/ is on disk since the start
-            pipe = LatentDiffusionPipeline(unet=model, scheduler=scheduler, vae=space.vae, class_names=names)
+        if vae is not None:  # model_index.json, unet/ and scheduler/; the VAE is on disk since the start
+            pipe = LDMPipeline(vqvae=space.vae, unet=model, scheduler=scheduler) if ldm else \
+                LatentDiffusionPipeline(unet=model, scheduler=scheduler, vae=space.vae, class_names=names)
             pipe.save_config(str(folder))
             model.save_pretrained(str(folder / "unet"))
             scheduler.save_pretrained(str(folder / "scheduler"))
@@ -141,7 +143,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         loss=loss,
         save_pipeline=save_pipeline,
         sample_grid=grid,
-        pipeline_class="LatentDiffusionPipeline" if vae is not None else
+        pipeline_class="LDMPipeline" if ldm else "LatentDiffusionPipeline" if vae is not None else
         "DDPMPipeline" if names is None else "ClassConditionalPipeline",
         save_frozen=save_frozen if vae is not None else None,
         scheduler=scheduler,

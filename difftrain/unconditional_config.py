@@ -45,8 +45,9 @@ class UnconditionalConfig(TrainConfig):
                                       "train-classifier); logs the fraction of samples of class k read as class k.")
     vae_name_or_path: str | None = opt(
         None, "Train in a frozen VAE's latent space: an AutoencoderKL (folder, Hub id, or pipeline folder with vae/), "
-        "or 'mock' (parameter-free: average-pool by --mock_vae_factor, nearest upsample back; to debug the latent "
-        "path). The output loads in difftrain's LatentDiffusionPipeline.")
+        "a VQModel (folder, or pipeline folder with vqvae/ or vae/; its latents unscaled, as LDM's), or 'mock' "
+        "(parameter-free: average-pool by --mock_vae_factor, nearest upsample back; to debug the latent path). The "
+        "output loads in difftrain's LatentDiffusionPipeline; an unconditional VQModel run's in diffusers' LDMPipeline.")
     mock_vae_factor: int = opt(2, "--vae_name_or_path mock: its downsampling factor (a power of two).")
     cache_latents: bool = opt(False, "Encode each image with the VAE once (and its mirror image with --random_flip).")
 
@@ -57,7 +58,7 @@ class UnconditionalConfig(TrainConfig):
         if self.mock_vae_factor < 1 or self.mock_vae_factor & (self.mock_vae_factor - 1):
             raise UserError(f"--mock_vae_factor must be a power of two, 1, 2, 4, ... (got {self.mock_vae_factor}).")
         if self.cache_latents and not self.vae_name_or_path:
-            raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path (an AutoencoderKL, or mock).")
+            raise UserError("--cache_latents needs a VAE: pass --vae_name_or_path (an AutoencoderKL or VQModel, or mock).")
         snapshot = self.autoguidance_snapshot
         if snapshot is not None and not 0.0 <= snapshot < 1.0:
             raise UserError(f"--autoguidance_snapshot is a fraction of the run, 0 (no guide) to below 1 (got {snapshot}).")

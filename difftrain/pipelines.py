@@ -141,22 +141,26 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
-def autoguided_predictor(unet, guide, guidance_scale: float) -> Callable:
+def autoguided_predictor(unet, guide, guidance_scale: float, guided: Callable | None = None) -> Callable:
     """predict(x_t, t) with autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): out = guide + scale * (unet - guide), where `guide` is the same network earlier in its training. It
     steers an unconditional model away from what the weaker one also gets wrong (blobs, half-formed digits), as
-    classifier-free guidance does for a conditional one. Scale 1 (or no guide) is the plain unet. Two forwards per
-    step: `network_calls` says so to whoever counts them."""
+    classifier-free guidance does for a conditional one. Only at the timesteps where guided(t) (None: all; see
+    autoguidance.guidance_interval); elsewhere, and at scale 1 or with no guide, the plain unet. network_calls(t)
+    says how many forwards a step costs to whoever counts them."""
     plain = unet_predictor(unet)
     if guide is None or guidance_scale == 1.0:
         return plain
     weak = unet_predictor(guide)
+    guided = guided or (lambda t: True)
 
     def predict(x, t):
+        if not guided(t):
+            return plain(x, t)
         out_guide = weak(x, t)
         return out_guide + guidance_scale * (plain(x, t) - out_guide)
 
-    predict.network_calls = 2
+    predict.network_calls = lambda t: 2 if guided(t) else 1
     return predict
 
 

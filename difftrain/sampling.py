@@ -25,6 +25,7 @@ from .data.images import to_uint8
 from .editing import Edit, load_edit
 from .errors import UserError
 from .loading import Model, load_model, resolve_guidance
+from .autoguidance import guidance_interval
 from .pipelines import autoguided_predictor, comparison_sheet, generate, guided_predictor, image_grid
 from .repaint import check_scheduler as check_jump_scheduler
 from .schedulers import (
@@ -99,7 +100,8 @@ def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt
     """predict(x_t, t) for the images `indices` (image k gets prompt k mod P; an inpainting UNet, its masked image)."""
     unet = edit.unet_for(model.unet, indices) if edit else model.unet
     if not model.conditional:
-        return autoguided_predictor(unet, model.guide, guidance_scale)
+        return autoguided_predictor(unet, model.guide, guidance_scale,
+                                    guidance_interval(model.scheduler_config) if model.guide is not None else None)
     cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
     uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
     return guided_predictor(unet, cond, uncond, guidance_scale, key=model.condition_key)
@@ -122,7 +124,7 @@ def sample_images(model: Model, scheduler, seeds: list[int], *, steps: int, batc
     def counted(predict):
         def call(x, t):
             nonlocal calls
-            calls += getattr(predict, "network_calls", 1)  # autoguidance: two networks per step
+            calls += predict.network_calls(t) if hasattr(predict, "network_calls") else 1  # autoguidance: 1 or 2
             return predict(x, t)
 
         return call

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,6 +116,55 @@ class CaptionedImages(torch.utils.data.Dataset):
         return {**item, "caption_ids": self.caption_ids[i]}
 
 
+def _add_lora(cfg, unet, weight_dtype) -> None:
+    lora.add_adapter(unet, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_modules=cfg.lora_target_modules)
+    if weight_dtype != torch.float32:  # as diffusers' script: the frozen base in the autocast dtype (half the
+        from diffusers.training_utils import cast_training_params  # memory), the adapters trained in fp32
+
+        unet.to(dtype=weight_dtype)
+        cast_training_params(unet, dtype=torch.float32)
+
+
+def _pipeline_writers(cfg, sources, vae, encoder, scheduler) -> tuple[Callable, Callable]:
+    """(save_frozen, save_pipeline) of a text-to-image run."""
+
+    def save_frozen(folder: Path) -> None:
+        """The frozen components, read again from their source in their saved dtype (the training copies may be
+        fp16/bf16), written once at the start so every checkpoint-N/ of the run is samplable at once."""
+        fresh = load_text_encoder(cfg, sources)
+        fresh.model.save_pretrained(folder / "text_encoder")
+        fresh.tokenizer.save_pretrained(folder / "tokenizer")
+        if sources.vae:
+            load_vae(sources.vae, revision=None if cfg.vae_name_or_path else cfg.revision).save_pretrained(folder / "vae")
+
+    def save_pipeline(model, folder: Path) -> None:
+        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included), and for our
+        own pipeline its code (pipeline.py, for plain diffusers); a LoRA run's adapters only (the run folder's
+        scheduler/ and training_config.yaml name the rest)."""
+        from diffusers import StableDiffusionPipeline
+
+        from .pipeline_code import write_pipeline_code
+        from .pipelines import TextToImagePipeline
+
+        if cfg.rank is not None:
+            lora.save(model, folder)
+            return
+        if sources.pipeline_class == "StableDiffusionPipeline":
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=model,
+                                           scheduler=scheduler,
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        else:
+            pipe = TextToImagePipeline(unet=model, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
+                                       scheduler=scheduler, vae=vae)
+            write_pipeline_code("TextToImagePipeline", folder)
+        pipe.save_config(str(folder))  # model_index.json; the frozen components are on disk since the start
+        model.save_pretrained(str(folder / "unet"))
+        scheduler.save_pretrained(str(folder / "scheduler"))
+
+    return save_frozen, save_pipeline
+
+
 def build_recipe(cfg, accelerator) -> Recipe:
     device = accelerator.device
     weight_dtype = DTYPES.get(accelerator.mixed_precision, torch.float32)
@@ -149,13 +199,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
     channels = space.channels(images)
     unet = make_unet(cfg, encoder, size, channels)
     if cfg.rank is not None:  # the base frozen, adapters trained
-        lora.add_adapter(unet, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules)
-        if weight_dtype != torch.float32:  # as diffusers' script: the frozen base in the autocast dtype (half the
-            from diffusers.training_utils import cast_training_params  # memory), the adapters trained in fp32
-
-            unet.to(dtype=weight_dtype)
-            cast_training_params(unet, dtype=torch.float32)
+        _add_lora(cfg, unet, weight_dtype)
     scheduler = space.training_scheduler(noise_scheduler_for(cfg))  # latent space: clip_sample off
     objective = objective_for(cfg, scheduler)
 
@@ -178,38 +222,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         grid_prompts = [p for _ in range(per_prompt) for p in prompts]
         return image_grid(generate_images(model, list(range(len(grid_prompts))), grid_prompts), cols=len(prompts))
 
-    def save_frozen(folder: Path) -> None:
-        """The frozen components, read again from their source in their saved dtype (the training copies may be
-        fp16/bf16), written once at the start so every checkpoint-N/ of the run is samplable at once."""
-        fresh = load_text_encoder(cfg, sources)
-        fresh.model.save_pretrained(folder / "text_encoder")
-        fresh.tokenizer.save_pretrained(folder / "tokenizer")
-        if sources.vae:
-            load_vae(sources.vae, revision=None if cfg.vae_name_or_path else cfg.revision).save_pretrained(folder / "vae")
-
-    def save_pipeline(model, folder: Path) -> None:
-        """model_index.json, unet/ and scheduler/ (the TRAINING scheduler, prediction_type included), and for our
-        own pipeline its code (pipeline.py, for plain diffusers); a LoRA run's adapters only (the run folder's
-        scheduler/ and training_config.yaml name the rest)."""
-        from diffusers import StableDiffusionPipeline
-
-        from .pipeline_code import write_pipeline_code
-        from .pipelines import TextToImagePipeline
-
-        if cfg.rank is not None:
-            lora.save(model, folder)
-            return
-        if sources.pipeline_class == "StableDiffusionPipeline":
-            pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=model,
-                                           scheduler=scheduler,
-                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        else:
-            pipe = TextToImagePipeline(unet=model, text_encoder=encoder.model, tokenizer=encoder.tokenizer,
-                                       scheduler=scheduler, vae=vae)
-            write_pipeline_code("TextToImagePipeline", folder)
-        pipe.save_config(str(folder))  # model_index.json; the frozen components are on disk since the start
-        model.save_pretrained(str(folder / "unet"))
-        scheduler.save_pretrained(str(folder / "scheduler"))
+    save_frozen, save_pipeline = _pipeline_writers(cfg, sources, vae, encoder, scheduler)
 
     return Recipe(model=unet, dataset=CaptionedImages(images, caption_ids, space.latents), loss=loss,
                   save_pipeline=save_pipeline, sample_grid=grid, pipeline_class=sources.pipeline_class,

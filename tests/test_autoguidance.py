@@ -35,7 +35,32 @@ def test_the_predictor_is_guide_plus_scale_times_the_difference():
         assert torch.allclose(autoguided_predictor(good, weak, 2.5)(x, t), w + 2.5 * (g - w), atol=1e-6)
         assert torch.equal(autoguided_predictor(good, weak, 1.0)(x, t), g)  # scale 1: the model alone
         assert torch.equal(autoguided_predictor(good, None, 2.5)(x, t), g)  # no guide: the model alone
-    assert autoguided_predictor(good, weak, 2.5).network_calls == 2
+    assert autoguided_predictor(good, weak, 2.5).network_calls(t) == 2
+
+
+def test_the_guide_acts_only_inside_its_noise_interval():
+    """guidance_interval: σ(t) = √((1 − ᾱ_t)/ᾱ_t) of the training schedule inside (low, high]; outside, the predictor
+    is the plain model and costs one forward."""
+    from diffusers import DDPMScheduler
+
+    from difftrain.autoguidance import guidance_interval
+
+    schedule = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    alphas = schedule.alphas_cumprod.double()
+    sigma = lambda t: float(((1 - alphas[t]) / alphas[t]).sqrt())  # noqa: E731
+    guided = guidance_interval(dict(schedule.config), (1.0, 3.0))
+    inside = [t for t in range(1000) if guided(t)]
+    assert inside == [t for t in range(1000) if 1.0 < sigma(t) <= 3.0] and 0 < len(inside) < 1000
+    assert guided(inside[0] - 0.5) == (1.0 < (sigma(inside[0] - 1) + sigma(inside[0])) / 2 <= 3.0)  # in between
+    assert guidance_interval({"sigma_data": 0.5}, (1.0, 3.0))(torch.tensor(0.25 * 0.7))  # EDM: t = ln(σ)/4, σ = 2.01
+    good, weak = tiny_2d_unet(0).eval(), tiny_2d_unet(1).eval()
+    predict = autoguided_predictor(good, weak, 2.5, guided)
+    x, outside = torch.randn(1, good.config.in_channels, 16, 16), torch.tensor(inside[-1] + 1)
+    with torch.no_grad():
+        assert torch.equal(predict(x, outside), good(x, outside).sample) and predict.network_calls(outside) == 1
+        t = torch.tensor(inside[0])
+        g, w = good(x, t).sample, weak(x, t).sample
+        assert torch.allclose(predict(x, t), w + 2.5 * (g - w), atol=1e-6) and predict.network_calls(t) == 2
 
 
 def test_the_snapshot_step_and_the_resolved_default():

@@ -16,6 +16,7 @@ import evaluate as script
 import sample as sample_script
 from conftest import run_script, snapshot
 from difftrain import metrics, plots, scoring
+from difftrain.autoguidance import AUTOGUIDANCE
 
 SIZE = 8
 N = 6  # generated images per run, and reference images
@@ -70,12 +71,23 @@ def random_metrics(random_run, ref_stats, tmp_path_factory):
     return read_metrics(out)
 
 
-def test_metrics_json_has_finite_fid_and_kid(overfit_metrics, ref_path):
+def test_metrics_json_has_finite_fid_and_kid(overfit_metrics, overfit_epsilon_model, ref_path):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from difftrain.autoguidance import guidance_interval
+    from difftrain.loading import training_scheduler_config
+
     m = overfit_metrics
     assert math.isfinite(m["fid"]) and math.isfinite(m["kid_mean"]) and math.isfinite(m["kid_std"])
     assert m["num_samples"] == N and m["reference"]["n"] == N and m["kid_subset_size"] == N
     assert m["scheduler"] == "euler_a" and m["num_inference_steps"] == 20
-    assert m["network_calls_per_image"] == 40 and m["guidance_scale"] == 2.0  # autoguided: its run kept a guide
+    # autoguided (its run kept a guide): two forwards at each step inside the guidance interval, one elsewhere
+    schedule = training_scheduler_config(overfit_epsilon_model)
+    sampler = EulerAncestralDiscreteScheduler.from_config(schedule)
+    sampler.set_timesteps(20)
+    guided = sum(map(guidance_interval(schedule), sampler.timesteps))
+    assert 0 < guided < 20 and m["network_calls_per_image"] == 20 + guided
+    assert m["guidance_scale"] == AUTOGUIDANCE
     assert m["resolution"] == SIZE and m["reference"]["resolution"] == SIZE and ref_path.is_file()
 
 

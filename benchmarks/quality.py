@@ -50,8 +50,8 @@ def parse(argv):
                    "a GPU).")
     p.add_argument("--scheduler", help="Sampler (default: sample.py's default for this model).")
     p.add_argument("--num_inference_steps", type=int, help="Sampling steps (default: sample.py's default).")
-    p.add_argument("--guidance_scale", type=float, help="Text models: classifier-free guidance (default: the "
-                   "model's own, as sample.py).")
+    p.add_argument("--guidance_scale", type=float, help="Classifier-free guidance of a text or class model, "
+                   "autoguidance of a run with guide_unet/ (default: the model's own, as sample.py).")
     p.add_argument("--prompt_template", default="a handwritten digit {word}", help="Text models: the prompt of "
                    "image k is this with digit k mod 10.")
     p.add_argument("--classifier", help="Classifier folder (default: one trained once and cached).")

@@ -13,7 +13,9 @@ import torch
 from .utils import written_beside
 
 GUIDE_FOLDER = "guide_unet"  # beside unet/ in the run folder; plain diffusers' DDPMPipeline ignores it (unguided)
-AUTOGUIDANCE = 2.0  # the default scale: grids, sample.py, evaluate.py (README Quality)
+# the default scale (grids, sample.py, evaluate.py): inside the interval below, 3 read 85 % and 82 % of two default
+# runs' digits, against 80 % and 81 % for 2 at every step, at 86 network calls instead of 100 (README Quality)
+AUTOGUIDANCE = 3.0
 # the fraction of the run at which the guide is kept: the default run's EMA at 0.16 and 0.32 of it guided the final
 # model to 82 and 85 % legible digits (300 samples each; README Quality)
 AUTOGUIDANCE_SNAPSHOT = 0.3

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import quality
 from difftrain import classifier as clf
+from difftrain.autoguidance import AUTOGUIDANCE
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_trains_scores_and_writes_row_json_and_grid(tmp_path, tiny_classifier):
     assert np.isfinite(record["fid"]) and np.isfinite(record["fid_floor"]) and record["fid_floor"] < record["fid"]
     assert json.loads((results / "quality-tiny.json").read_text())["fid"] == record["fid"]
     rows = (results / "quality.md").read_text().splitlines()
-    assert rows[0].startswith("| run |") and rows[-1].startswith("| tiny | euler_a 4, guidance 2 | 20 |")
+    assert rows[0].startswith("| run |") and rows[-1].startswith(f"| tiny | euler_a 4, guidance {AUTOGUIDANCE:g} | 20 |")
     assert len(rows[-1].split("|")) == len(rows[0].split("|"))
     from PIL import Image
 

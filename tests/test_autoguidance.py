@@ -92,7 +92,8 @@ def test_sample_py_autoguides_by_default_and_scale_1_turns_it_off(guided_run, tm
     import sample
 
     outs = {}
-    for name, extra in (("default", []), ("off", ["--guidance_scale", 1]), ("three", ["--guidance_scale", 3])):
+    other = ["--guidance_scale", AUTOGUIDANCE + 1]
+    for name, extra in (("default", []), ("off", ["--guidance_scale", 1]), ("other", other)):
         outs[name] = tmp_path / name
         assert run_script(sample, ["--model", guided_run, "--num_images", 2, "--num_inference_steps", 5,
                                    "--scheduler", "ddim", "--output_dir", outs[name], *extra]) == 0

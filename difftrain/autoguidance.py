@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .utils import written_beside
@@ -32,24 +33,16 @@ def snapshot_step(fraction: float, max_steps: int) -> int | None:
 
 def guidance_interval(scheduler_config: dict, interval: tuple[float, float] = GUIDANCE_INTERVAL) -> Callable:
     """guided(t) for the timesteps a sampler passes the network: whether σ(t) is in `interval`. σ(t) comes from the
-    training noise schedule, √((1 − ᾱ_t) / ᾱ_t) for discrete timesteps (a fractional one in between), or σ = e^(4t)
-    for an EDM model, whose timesteps are c_noise = ln(σ) / 4."""
+    training noise schedule, √((1 − ᾱ_t) / ᾱ_t) for discrete timesteps (interpolated for a fractional one), or
+    σ = e^(4t) for an EDM model, whose timesteps are c_noise = ln(σ) / 4."""
     low, high = interval
     if "sigma_data" in scheduler_config:  # EDMEulerScheduler: the timesteps it passes are c_noise
         return lambda t: low < math.exp(4 * float(t)) <= high
     from diffusers import DDPMScheduler
 
-    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.double()
-    sigmas = ((1 - alphas) / alphas).sqrt()
-
-    def guided(t) -> bool:
-        t = min(max(float(t), 0.0), len(sigmas) - 1.0)
-        below = int(t)
-        above = min(below + 1, len(sigmas) - 1)
-        sigma = sigmas[below] + (t - below) * (sigmas[above] - sigmas[below])
-        return low < float(sigma) <= high
-
-    return guided
+    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.double().numpy()
+    sigmas = np.sqrt((1 - alphas) / alphas)
+    return lambda t: low < np.interp(float(t), np.arange(len(sigmas)), sigmas) <= high
 
 
 def save_guide(model: torch.nn.Module, run_folder: Path) -> None:

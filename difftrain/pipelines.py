@@ -14,6 +14,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image, ImageDraw
 
 from . import latents  # imported here: diffusers loads a vae/ of library "difftrain.latents" only once it is imported
+from .autoguidance import GUIDANCE_INTERVAL, guidance_interval
 from .classes import CLASS_GUIDANCE
 from .data.images import to_uint8
 
@@ -141,18 +142,18 @@ def guided_predictor(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guid
     return predict
 
 
-def autoguided_predictor(unet, guide, guidance_scale: float, guided: Callable | None = None) -> Callable:
+def autoguided_predictor(unet, guide, guidance_scale: float, scheduler_config: dict,
+                         interval: tuple[float, float] = GUIDANCE_INTERVAL) -> Callable:
     """predict(x_t, t) with autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): out = guide + scale * (unet - guide), where `guide` is the same network earlier in its training. It
     steers an unconditional model away from what the weaker one also gets wrong (blobs, half-formed digits), as
-    classifier-free guidance does for a conditional one. Only at the timesteps where guided(t) (None: all; see
-    autoguidance.guidance_interval); elsewhere, and at scale 1 or with no guide, the plain unet. network_calls(t)
-    says how many forwards a step costs to whoever counts them."""
+    classifier-free guidance does for a conditional one. Only at noise levels inside `interval`, read from the training
+    schedule `scheduler_config` (autoguidance.guidance_interval); elsewhere, and at scale 1 or with no guide, the plain
+    unet. network_calls(t) says how many forwards a step costs to whoever counts them."""
     plain = unet_predictor(unet)
     if guide is None or guidance_scale == 1.0:
         return plain
-    weak = unet_predictor(guide)
-    guided = guided or (lambda t: True)
+    weak, guided = unet_predictor(guide), guidance_interval(scheduler_config, interval)
 
     def predict(x, t):
         if not guided(t):

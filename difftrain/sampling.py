@@ -25,7 +25,6 @@ from .data.images import to_uint8
 from .editing import Edit, load_edit
 from .errors import UserError
 from .loading import Model, load_model, resolve_guidance
-from .autoguidance import guidance_interval
 from .pipelines import autoguided_predictor, comparison_sheet, generate, guided_predictor, image_grid
 from .repaint import check_scheduler as check_jump_scheduler
 from .schedulers import (
@@ -100,8 +99,7 @@ def _predictor(model: Model, indices: range, prompts: list[str], negative_prompt
     """predict(x_t, t) for the images `indices` (image k gets prompt k mod P; an inpainting UNet, its masked image)."""
     unet = edit.unet_for(model.unet, indices) if edit else model.unet
     if not model.conditional:
-        return autoguided_predictor(unet, model.guide, guidance_scale,
-                                    guidance_interval(model.scheduler_config) if model.guide is not None else None)
+        return autoguided_predictor(unet, model.guide, guidance_scale, model.scheduler_config)
     cond = model.encode_prompts([prompts[k % len(prompts)] for k in indices])
     uncond = model.encode_prompts([negative_prompt or ""] * len(indices)) if guidance_scale != 1.0 else None
     return guided_predictor(unet, cond, uncond, guidance_scale, key=model.condition_key)

@@ -237,8 +237,8 @@ def _start(cfg, build_recipe, out: Path) -> tuple:
                                                          "logging_steps": logging_steps, **recipe.resolved},
                           clear_checkpoints=cfg.overwrite_output_dir and resume is None)
         accelerator.init_trackers(cfg.tracker_project_name, config=_tracker_config(cfg, recipe.resolved))
-
     return accelerator, resume, seed, recipe, logging_steps
+
 
 def _accelerator(cfg, out: Path) -> Accelerator:
     accelerator = Accelerator(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
-from .autoguidance import AUTOGUIDANCE, guidance_interval, load_guide
+from .autoguidance import AUTOGUIDANCE, load_guide
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
 from .unconditional_config import autoguidance_snapshot
 from .data import decode_images, load_source_dataset
@@ -106,9 +106,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
     def generate_images(model, seeds, prompts=None):  # prompts: class names, for a class model
         sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+        guide = None if names else load_guide(cfg.output_dir, model)  # None (unguided) until the guide exists
         predict = class_predictor(model, prompts, names, guidance)[0] if names else \
-            autoguided_predictor(model, load_guide(cfg.output_dir, model), guidance,  # unguided until the guide exists
-                                 guidance_interval(scheduler.config))
+            autoguided_predictor(model, guide, guidance, scheduler.config)
         return to_uint8(space.decode(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device)))
 
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class

@@ -28,14 +28,17 @@ def guided_run(tmp_path_factory, datasets_cache):
 
 
 def test_the_predictor_is_guide_plus_scale_times_the_difference():
+    from diffusers import DDPMScheduler
+
+    schedule = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)  # t = 500: σ = 1, inside the interval
     good, weak = tiny_2d_unet(0).eval(), tiny_2d_unet(1).eval()
     x, t = torch.randn(2, good.config.in_channels, 16, 16), torch.tensor(500)
     with torch.no_grad():
         g, w = good(x, t).sample, weak(x, t).sample
-        assert torch.allclose(autoguided_predictor(good, weak, 2.5)(x, t), w + 2.5 * (g - w), atol=1e-6)
-        assert torch.equal(autoguided_predictor(good, weak, 1.0)(x, t), g)  # scale 1: the model alone
-        assert torch.equal(autoguided_predictor(good, None, 2.5)(x, t), g)  # no guide: the model alone
-    assert autoguided_predictor(good, weak, 2.5).network_calls(t) == 2
+        assert torch.allclose(autoguided_predictor(good, weak, 2.5, schedule)(x, t), w + 2.5 * (g - w), atol=1e-6)
+        assert torch.equal(autoguided_predictor(good, weak, 1.0, schedule)(x, t), g)  # scale 1: the model alone
+        assert torch.equal(autoguided_predictor(good, None, 2.5, schedule)(x, t), g)  # no guide: the model alone
+    assert autoguided_predictor(good, weak, 2.5, schedule).network_calls(t) == 2
 
 
 def test_the_guide_acts_only_inside_its_noise_interval():
@@ -54,7 +57,7 @@ def test_the_guide_acts_only_inside_its_noise_interval():
     assert guided(inside[0] - 0.5) == (1.0 < (sigma(inside[0] - 1) + sigma(inside[0])) / 2 <= 3.0)  # in between
     assert guidance_interval({"sigma_data": 0.5}, (1.0, 3.0))(torch.tensor(0.25 * 0.7))  # EDM: t = ln(σ)/4, σ = 2.01
     good, weak = tiny_2d_unet(0).eval(), tiny_2d_unet(1).eval()
-    predict = autoguided_predictor(good, weak, 2.5, guided)
+    predict = autoguided_predictor(good, weak, 2.5, dict(schedule.config), (1.0, 3.0))
     x, outside = torch.randn(1, good.config.in_channels, 16, 16), torch.tensor(inside[-1] + 1)
     with torch.no_grad():
         assert torch.equal(predict(x, outside), good(x, outside).sample) and predict.network_calls(outside) == 1

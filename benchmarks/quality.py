@@ -149,7 +149,8 @@ def score(args, device) -> dict:
     # image k shows class k mod 10: named by a prompt (text models) or by its class (class models, in label order)
     prompts = list(model.class_names) if model.class_names is not None else \
         class_prompts([args.prompt_template], classifier.labels) if model.conditional else []
-    args.guidance_scale = resolve_guidance(model, args.guidance_scale)
+    name = args.scheduler or default_scheduler(model.scheduler_config)
+    args.guidance_scale = resolve_guidance(model, args.guidance_scale, name)
     images, record = generate(model, args, device, prompts)
     if model.guidable:
         record.update(guidance_scale=args.guidance_scale)

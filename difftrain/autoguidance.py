@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .schedulers import samples_stochastically
 from .utils import written_beside
 
 GUIDE_FOLDER = "guide_unet"  # beside unet/ in the run folder; plain diffusers' DDPMPipeline ignores it (unguided)
@@ -24,6 +25,13 @@ AUTOGUIDANCE_SNAPSHOT = 0.3
 # interval improves sample and distribution quality") found for EDM2: below, guidance changes no digit; above, at the
 # first steps, it pulls every sample to the same few shapes. On the cosine schedule that is timesteps 168-883 of 1000.
 GUIDANCE_INTERVAL = (0.28, 5.42)
+
+
+def scale_for_sampler(scale: float, sampler: str, training_config, eta: float = 0.0) -> float:
+    """The autoguidance scale a sampler gets unless the user names one: `scale` for a stochastic sampler, 1 (no guide)
+    for a deterministic one, which the guide makes worse: ddim 50 on a fresh default run read 37 % legible digits at
+    scale 3 against 61 % unguided, where euler_a gains (README Quality)."""
+    return scale if samples_stochastically(sampler, training_config, eta) else 1.0
 
 
 def snapshot_step(fraction: float, max_steps: int) -> int | None:

@@ -102,8 +102,6 @@ def evaluate(cfg) -> Path:
     if cfg.guidance_scale is not None and not model.guidable:
         raise UserError(f"--guidance_scale steers text- and class-conditional models and autoguided ones; {cfg.model} "
                         f"is unconditional with no guide_unet/ ({type(model.unet).__name__}); drop --guidance_scale.")
-    # resolved into a copy, so metrics.json records it and the caller's config stays as asked
-    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.classifier and not model.conditional:
         raise UserError(f"--classifier scores text- and class-conditional models; {cfg.model} is unconditional "
                         f"({type(model.unet).__name__}); drop --classifier.")
@@ -115,6 +113,9 @@ def evaluate(cfg) -> Path:
     resolution = cfg.resolution or model.pixel_shape[1]  # a latent model's images, not its latents
     runs = sweep_runs(cfg, model) if cfg.sweep else \
         [(cfg.scheduler or default_scheduler(model.scheduler_config), cfg.num_inference_steps)]
+    asked = cfg.guidance_scale
+    # resolved into a copy, so metrics.json records it and the caller's config stays as asked (a sweep: per run)
+    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, asked, runs[0][0], cfg.eta))
     default_out = model.samples_dir.parent / "eval" / ("sweep" if cfg.sweep else f"{runs[0][0]}-{runs[0][1]}")
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else default_out)
     reference_images = _reference_images_to_compute(cfg, resolution)
@@ -126,16 +127,16 @@ def evaluate(cfg) -> Path:
     resolution = int(ref.meta.get("resolution", resolution)) if ref.meta else resolution
     common = {"model": cfg.model, "model_path": str(model.path), "weights": model.weights,
               "reference": {**(ref.meta or {}), "n": ref.n}, "resolution": resolution, "device": str(device),
-              "guidance_scale": cfg.guidance_scale if model.guidable else None,
               "preprocessing": metrics.PREPROCESSING, "versions": package_versions()}
     if not cfg.sweep:
         run = generate_and_measure(model, runs[0][0], cfg, resolution=resolution, device=device, prompts=prompts,
                                    classifier=classifier)
-        result = {**run_record(run, ref, cfg, prompts, classifier), **common}
+        result = {**run_record(run, ref, cfg, prompts, classifier), **common,
+                  "guidance_scale": cfg.guidance_scale if model.guidable else None}
         write_json(out / "metrics.json", result)
         print(summary_line(result) + f" → {out / 'metrics.json'}")
         return out
-    return run_sweep(cfg, model, runs, out, ref, common, resolution=resolution, device=device, prompts=prompts,
+    return run_sweep(dataclasses.replace(cfg, guidance_scale=asked), model, runs, out, ref, common, resolution=resolution, device=device, prompts=prompts,
                      classifier=classifier)
 
 

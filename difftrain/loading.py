@@ -15,7 +15,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from .autoguidance import AUTOGUIDANCE, load_guide
+from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .lora import WEIGHT_NAME as LORA_FILE
@@ -281,13 +281,17 @@ def _trained_guidance(run: Path) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def resolve_guidance(model: Model, requested: float | None) -> float:
+def resolve_guidance(model: Model, requested: float | None, sampler: str, eta: float = 0.0) -> float:
     """--guidance_scale as given, else the model's own (its run's --validation_guidance_scale), else SD's 7.5
-    (CLASS_GUIDANCE for a class model, AUTOGUIDANCE for an unconditional one with a guide)."""
+    (CLASS_GUIDANCE for a class model, AUTOGUIDANCE for an unconditional one with a guide). Autoguidance unasked is
+    for stochastic samplers only: a deterministic one (ddim, dpm++2m, unipc, ...) samples unguided."""
     if requested is not None:
         return requested
+    if model.guide is not None and not model.conditional:
+        trained = AUTOGUIDANCE if model.guidance_scale is None else model.guidance_scale
+        return scale_for_sampler(trained, sampler, model.scheduler_config, eta)
     if model.guidance_scale is not None:
         return model.guidance_scale
     if model.class_names is not None:
         return CLASS_GUIDANCE
-    return AUTOGUIDANCE if model.guide is not None else 7.5
+    return 7.5

@@ -232,11 +232,12 @@ def sample(cfg) -> Path | None:
                        lora_scale=cfg.lora_scale, inpainting=cfg.mask_image is not None)
     prompts = conditions(model, cfg)
     edit = load_edit(cfg, model, device)
-    # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
-    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, cfg.guidance_scale))
     if cfg.scheduler == "all":
         return compare_schedulers(cfg, model, prompts, device, edit)
-    cfg = dataclasses.replace(cfg, scheduler=cfg.scheduler or default_scheduler(model.scheduler_config))
+    # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
+    name = cfg.scheduler or default_scheduler(model.scheduler_config)
+    cfg = dataclasses.replace(cfg, scheduler=name, guidance_scale=resolve_guidance(model, cfg.guidance_scale, name,
+                                                                                   cfg.eta))
     scheduler, step_kwargs = build_scheduler(cfg.scheduler, model, cfg)
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
                              model.samples_dir / f"{cfg.scheduler}-{cfg.num_inference_steps}")
@@ -260,7 +261,7 @@ def compare_schedulers(cfg, model: Model, prompts: list[str], device, edit: Edit
                              model.samples_dir / f"all-{cfg.num_inference_steps}")
     seeds = [cfg.seed + k for k in range(cfg.num_images)]
     # one forward first, so the first scheduler's time does not include the network's warm-up
-    _predictor(model, range(1), prompts, cfg.negative_prompt, cfg.guidance_scale, edit)(
+    _predictor(model, range(1), prompts, cfg.negative_prompt, 1.0, edit)(
         torch.zeros(1, *model.image_shape, device=device), torch.tensor(1, device=device))
     rows, timings = [], []
     for name in scheduler_table(model.scheduler_config):
@@ -270,18 +271,21 @@ def compare_schedulers(cfg, model: Model, prompts: list[str], device, edit: Edit
             rows.append((f"{name}: skipped (see timings.csv)", None))
             timings.append({"scheduler": name, "status": f"skipped: {e}"})
             continue
+        guidance = resolve_guidance(model, cfg.guidance_scale, name, cfg.eta)  # autoguidance: stochastic ones only
         result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
                                step_kwargs=step_kwargs, prompts=prompts, negative_prompt=cfg.negative_prompt,
-                               guidance_scale=cfg.guidance_scale, device=device, desc=name, edit=edit)
+                               guidance_scale=guidance, device=device, desc=name, edit=edit)
         per_image = result.seconds / len(seeds)
         calls = "" if result.calls_per_image == cfg.num_inference_steps else f" ({result.calls_per_image} calls)"
-        rows.append((f"{name}  {cfg.num_inference_steps} steps{calls}  {per_image:.3f} s/img", result.images))
+        shown = f", guidance {guidance:g}" if model.guidable else ""
+        rows.append((f"{name}  {cfg.num_inference_steps} steps{calls}{shown}  {per_image:.3f} s/img", result.images))
         timings.append({"scheduler": name, "class": type(scheduler).__name__, "steps": cfg.num_inference_steps,
+                        "guidance_scale": guidance if model.guidable else None,
                         "network_calls": result.calls_per_image, "images": len(seeds),
                         "seconds": round(result.seconds, 4), "seconds_per_image": round(per_image, 5), "status": "ok"})
     comparison_sheet(rows).save(out / "comparison.png")
     with open(out / "timings.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["scheduler", "class", "steps", "network_calls", "images", "seconds",
+        writer = csv.DictWriter(f, ["scheduler", "class", "steps", "guidance_scale", "network_calls", "images", "seconds",
                                     "seconds_per_image", "status"])
         writer.writeheader()
         writer.writerows(timings)

@@ -132,6 +132,11 @@ def _spec(name: str, training_config) -> SchedulerSpec:
     return table[name]
 
 
+def samples_stochastically(name: str, training_config, eta: float = 0.0) -> bool:
+    """Whether the named sampler draws fresh noise at each step (ddim does with eta > 0)."""
+    return _spec(name, training_config).stochastic or eta > 0
+
+
 def clip_support(cls) -> str | None:
     """How a class can keep the predicted x0 in [-1, 1]: 'clip_sample', 'thresholding' or None (sigma-space
     samplers such as Euler never clip)."""

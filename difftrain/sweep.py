@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import metrics
 from .errors import UserError
-from .loading import Model
+from .loading import Model, resolve_guidance
 from .plots import plot_fid_vs_nfe
 from .schedulers import scheduler_table
 from .scoring import generate_and_measure, run_record, summary_line, write_json
@@ -31,7 +31,7 @@ def sweep_runs(cfg, model: Model) -> list[tuple[str, int]]:
     return runs
 
 
-SWEEP_COLUMNS = ["scheduler", "steps", "network_calls", "fid", "kid_mean", "kid_std", "num_samples",
+SWEEP_COLUMNS = ["scheduler", "steps", "guidance_scale", "network_calls", "fid", "kid_mean", "kid_std", "num_samples",
                  "sampling_seconds", "sampling_seconds_per_image", "status"]
 
 
@@ -41,17 +41,20 @@ def run_sweep(cfg, model: Model, runs, out: Path, ref: metrics.Stats, common: di
     stopped keeps what it measured."""
     rows, records = [], []
     for name, steps in runs:
-        run_cfg = dataclasses.replace(cfg, scheduler=name, num_inference_steps=steps)
         try:
+            guidance = resolve_guidance(model, cfg.guidance_scale, name, cfg.eta)  # autoguidance: stochastic ones
+            run_cfg = dataclasses.replace(cfg, scheduler=name, num_inference_steps=steps, guidance_scale=guidance)
             run = generate_and_measure(model, name, run_cfg, resolution=resolution, device=device, prompts=prompts,
                                        classifier=classifier)
         except UserError as e:  # e.g. a multistep solver at as many steps as training timesteps
             rows.append({"scheduler": name, "steps": steps, "status": f"skipped: {e}"})
             print(f"{name} {steps} steps: skipped ({e})")
             continue
-        record = run_record(run, ref, run_cfg, prompts, classifier)
+        record = {**run_record(run, ref, run_cfg, prompts, classifier),
+                  "guidance_scale": guidance if model.guidable else None}
         records.append(record)
-        rows.append({"scheduler": name, "steps": steps, "network_calls": run.calls_per_image,
+        rows.append({"scheduler": name, "steps": steps, "guidance_scale": record["guidance_scale"],
+                     "network_calls": run.calls_per_image,
                      "fid": round(record["fid"], 4),
                      "kid_mean": round(record["kid_mean"], 6), "kid_std": round(record["kid_std"], 6),
                      "num_samples": record["num_samples"], "sampling_seconds": record["seconds"]["sampling"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
-from .autoguidance import AUTOGUIDANCE, load_guide
+from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
 from .unconditional_config import autoguidance_snapshot
 from .data import decode_images, load_source_dataset
@@ -103,12 +103,17 @@ def build_recipe(cfg, accelerator) -> Recipe:
             "class_labels": drop_labels(batch["label"].to(device), cfg.label_dropout, null_id=len(names))}
         return objective.loss(lambda x, t: model(x, t, **labels).sample, space.model_input(batch, device))
 
+    grid_sampler = default_scheduler(scheduler.config)
+    # autoguidance unasked is for stochastic samplers only (the grids of an EDM or x0 model step deterministically)
+    grid_guidance = guidance if names or cfg.validation_guidance_scale is not None else \
+        scale_for_sampler(guidance, grid_sampler, scheduler.config)
+
     def generate_images(model, seeds, prompts=None):  # prompts: class names, for a class model
-        sampler = scheduler_from_training_config(default_scheduler(scheduler.config), scheduler.config)
+        sampler = scheduler_from_training_config(grid_sampler, scheduler.config)
         shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
         guide = None if names else load_guide(cfg.output_dir, model)  # None (unguided) until the guide exists
         predict = class_predictor(model, prompts, names, guidance)[0] if names else \
-            autoguided_predictor(model, guide, guidance, scheduler.config)
+            autoguided_predictor(model, guide, grid_guidance, scheduler.config)
         return to_uint8(space.decode(generate(predict, sampler, shape, seeds, cfg.validation_inference_steps, device)))
 
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class

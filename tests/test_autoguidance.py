@@ -91,19 +91,38 @@ def test_the_guide_is_the_shipping_weights_at_the_snapshot(guided_run):
     assert "autoguidance_snapshot: 0.25" in recorded and f"validation_guidance_scale: {AUTOGUIDANCE}" in recorded
 
 
-def test_sample_py_autoguides_by_default_and_scale_1_turns_it_off(guided_run, tmp_path):
+def test_sample_py_autoguides_stochastic_samplers_by_default_and_scale_1_turns_it_off(guided_run, tmp_path):
     import sample
 
-    outs = {}
+    outs, records = {}, {}
     other = ["--guidance_scale", AUTOGUIDANCE + 1]
-    for name, extra in (("default", []), ("off", ["--guidance_scale", 1]), ("other", other)):
+    for name, scheduler, extra in (("default", "euler_a", []), ("off", "euler_a", ["--guidance_scale", 1]),
+                                   ("other", "euler_a", other), ("ddim", "ddim", []),
+                                   ("ddim-off", "ddim", ["--guidance_scale", 1]), ("ddim-asked", "ddim", other),
+                                   ("ddim-eta", "ddim", ["--eta", 1])):
         outs[name] = tmp_path / name
         assert run_script(sample, ["--model", guided_run, "--num_images", 2, "--num_inference_steps", 5,
-                                   "--scheduler", "ddim", "--output_dir", outs[name], *extra]) == 0
-    record = json.loads((outs["default"] / "metadata.jsonl").read_text().splitlines()[0])
-    assert record["guidance_scale"] == AUTOGUIDANCE and f"--guidance_scale {AUTOGUIDANCE:g}" in record["command"]
+                                   "--scheduler", scheduler, "--output_dir", outs[name], *extra]) == 0
+        records[name] = json.loads((outs[name] / "metadata.jsonl").read_text().splitlines()[0])
+    assert records["default"]["guidance_scale"] == AUTOGUIDANCE
+    assert f"--guidance_scale {AUTOGUIDANCE:g}" in records["default"]["command"]
+    # a deterministic sampler samples unguided unless a scale is asked for (the guide makes ddim worse)
+    assert records["ddim"]["guidance_scale"] == 1.0 and records["ddim-asked"]["guidance_scale"] == AUTOGUIDANCE + 1
+    assert records["ddim-eta"]["guidance_scale"] == AUTOGUIDANCE  # ddim with eta > 0 draws fresh noise
     images = {k: (v / "grid.png").read_bytes() for k, v in outs.items()}
-    assert len(set(images.values())) == 3  # the scale changes the images
+    assert images["ddim"] == images["ddim-off"] != images["ddim-asked"]
+    assert len({images[k] for k in ("default", "off", "other")}) == 3  # the scale changes the images
+
+
+def test_scale_for_sampler_guides_only_stochastic_samplers():
+    from difftrain.autoguidance import scale_for_sampler
+    from difftrain.schedulers import SCHEDULERS
+
+    config = {"prediction_type": "epsilon", "num_train_timesteps": 1000}
+    for name, spec in SCHEDULERS.items():
+        assert scale_for_sampler(2.5, name, config) == (2.5 if spec.stochastic else 1.0), name
+    assert {n for n, s in SCHEDULERS.items() if s.stochastic} >= {"ddpm", "euler_a"}
+    assert scale_for_sampler(2.5, "ddim", config, eta=0.5) == 2.5
 
 
 def test_guidance_is_refused_for_an_unconditional_model_without_a_guide(guided_run, tmp_path, capsys):

@@ -92,7 +92,7 @@ class TrainConfig:
     )
     # --- optimisation ---
     train_batch_size: int = opt(32, "Batch size per device.")
-    num_epochs: int = opt(3, "Epochs to train, unless --max_train_steps is set.", aliases=["--num_train_epochs"])
+    num_epochs: int = opt(4, "Epochs to train, unless --max_train_steps is set.", aliases=["--num_train_epochs"])
     max_train_steps: int | None = opt(None, "Optimizer updates to train; overrides --num_epochs.")
     gradient_accumulation_steps: int = opt(1, "Batches per optimizer update.")
     learning_rate: float = opt(1e-3, "Peak learning rate.")

@@ -124,7 +124,7 @@ def test_default_recipes_are_pinned():
 
     cfg = TrainConfig()
     assert (cfg.resolution, cfg.num_epochs, cfg.train_batch_size, cfg.learning_rate, cfg.lr_warmup_steps) == \
-        (28, 3, 32, 1e-3, 100)
+        (28, 4, 32, 1e-3, 100)
     assert (cfg.ddpm_beta_schedule, cfg.prediction_type, uses_ema(cfg)) == ("squaredcos_cap_v2", None, True)
     assert cfg.unet["block_out_channels"] == [16, 32, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
     assert cfg.unet["norm_num_groups"] == 8 and cfg.validation_steps == 500

@@ -138,12 +138,13 @@ def test_a_sweep_autoguides_only_its_stochastic_samplers(overfit_metrics, overfi
     out = tmp_path / "sweep"  # overfit_metrics first: it writes the reference statistics this reads
     assert evaluate("--model", overfit_epsilon_model, "--dataset_name", one_image_dataset, "--split", "train",
                     "--num_ref_samples", N, "--ref_stats", ref_path, "--num_samples", 2, "--sweep",
-                    "--sweep_schedulers", "euler_a", "ddim", "--sweep_steps", 4, "--kid_subsets", 2,
-                    "--output_dir", out) == 0
+                    "--sweep_schedulers", "euler_a", "ddim", "--sweep_steps", 4, "--sweep_extra", "ddpm:4",
+                    "--kid_subsets", 2, "--output_dir", out) == 0
     rows = {r["scheduler"]: r for r in csv.DictReader(open(out / "sweep.csv"))}
     assert float(rows["euler_a"]["guidance_scale"]) == AUTOGUIDANCE and int(rows["euler_a"]["network_calls"]) > 4
     assert float(rows["ddim"]["guidance_scale"]) == 1.0 and int(rows["ddim"]["network_calls"]) == 4
-    assert [r["guidance_scale"] for r in read_metrics(out)["sweep"]] == [AUTOGUIDANCE, 1.0]
+    assert float(rows["ddpm"]["guidance_scale"]) == AUTOGUIDANCE  # ancestral: fresh noise at every step
+    assert [r["guidance_scale"] for r in read_metrics(out)["sweep"]] == [AUTOGUIDANCE, 1.0, AUTOGUIDANCE]
 
 
 def test_plot_draws_one_colour_per_scheduler():

@@ -27,6 +27,14 @@ def opt(default=None, help="", *, choices=None, aliases=(), secret=False, factor
     return field(default=default, metadata=meta)
 
 
+def redefault(cls, name: str, default):
+    """Schema `cls`'s option `name` with another default, for a schema that derives from it: the help line, allowed
+    values and flag names stay the parent's, so the two cannot drift apart."""
+    meta = fields_of(cls)[name].metadata
+    return opt(default, meta["help"], choices=meta["choices"], aliases=meta["aliases"], secret=meta["secret"],
+               shown=meta["shown"])
+
+
 def fields_of(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 

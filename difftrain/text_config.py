@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import TrainConfig, _default
 from .data.images import INTERPOLATION_MODES
 from .errors import UserError
-from .options import opt
+from .options import opt, redefault
 
 
 def _mnist_text_unet() -> dict:
@@ -49,9 +49,9 @@ class TextToImageConfig(TrainConfig):
                      "cross_attention_dim comes from the text encoder.", factory=_mnist_text_unet,
                      shown="see configs/mnist_text.yaml")
     # the text default as measured (README Quality): batch 64, two epochs, grids every 250 updates
-    train_batch_size: int = opt(64, "Batch size per device.")
-    num_epochs: int = opt(2, "Epochs to train, unless --max_train_steps is set.", aliases=["--num_train_epochs"])
-    validation_steps: int | None = opt(250, "Write samples/step-N.png every N optimizer updates.")
+    train_batch_size: int = redefault(TrainConfig, "train_batch_size", 64)
+    num_epochs: int = redefault(TrainConfig, "num_epochs", 2)
+    validation_steps: int | None = redefault(TrainConfig, "validation_steps", 250)
     caption_column: str = opt("text", "Column with the captions: a string, or a list of strings (one picked at "
                               "random per sample).")
     caption_dropout: float = opt(0.1, "Probability of training on the empty prompt instead (enables classifier-free "

@@ -40,6 +40,11 @@ def test_yaml_then_flags(tmp_path):
 def test_diffusers_flag_aliases():
     cfg = config.parse(TrainConfig, ["--logger", "wandb", "--ddpm_num_inference_steps", "7", "--local_rank", "0"])
     assert (cfg.report_to, cfg.validation_inference_steps) == ("wandb", 7)
+    # a derived schema's own default keeps the parent's flag names and help (options.redefault)
+    text = config.parse(text_config.TextToImageConfig, ["--num_train_epochs", "3"])
+    assert text.num_epochs == 3 and config.parse(text_config.TextToImageConfig, []).num_epochs == 2
+    parent, child = (dataclasses.fields(c) for c in (TrainConfig, text_config.TextToImageConfig))
+    assert [f.metadata for f in parent if f.name == "num_epochs"] == [f.metadata for f in child if f.name == "num_epochs"]
 
 
 def test_unknown_yaml_key_names_the_nearest(tmp_path):

@@ -31,7 +31,7 @@ from difftrain.classifier import load_classifier, predict_proba, train_and_save
 from difftrain.inference_config import SampleConfig
 from difftrain.scoring import class_prompts
 from difftrain.pipelines import image_grid
-from difftrain.loading import load_model, resolve_guidance
+from difftrain.loading import load_model, resolve_guidance, resolve_steps
 from difftrain.sampling import build_scheduler, sample_images
 from difftrain.utils import resolve_device
 from difftrain.schedulers import default_scheduler
@@ -130,9 +130,8 @@ def floor_stats(dataset_name: str, split: str, resolution: int, n: int, device) 
 
 
 def generate(model, args, device, prompts: list[str]) -> tuple[np.ndarray, dict]:
-    defaults = SampleConfig()
     name = args.scheduler or default_scheduler(model.scheduler_config)
-    cfg = SampleConfig(scheduler=name, num_inference_steps=args.num_inference_steps or defaults.num_inference_steps)
+    cfg = SampleConfig(scheduler=name, num_inference_steps=resolve_steps(model, args.num_inference_steps, name))
     scheduler, step_kwargs = build_scheduler(name, model, cfg)
     seeds = [args.seed + k for k in range(args.num_samples)]
     result = sample_images(model, scheduler, seeds, steps=cfg.num_inference_steps, batch_size=args.batch_size,

@@ -29,6 +29,11 @@ AUTOGUIDANCE_SNAPSHOT = 0.15
 # digit 4.8 % with the bound at 12, 6.2 % at 5.42, 8.5 % at 3), so it stops there. On the cosine schedule that is
 # timesteps 167-793 of 1000.
 GUIDANCE_INTERVAL = (0.28, 3.0)
+# sampling steps of an autoguided model unless told (sample.py, evaluate.py): the guided steps extrapolate, and finer
+# ones follow the guided model better. On a default run at scale 4 (euler_a, 500 samples, two sets of seeds), 50 steps
+# read 86.0 / 86.6 % legible digits, 100 steps 89.0 / 88.6 %, 200 steps 88.0 % (README Quality); unguided, 100 steps
+# gained nothing over 50
+AUTOGUIDANCE_STEPS = 100
 
 
 def scale_for_sampler(scale: float, sampler: str, training_config, eta: float = 0.0) -> float:

@@ -15,7 +15,7 @@ from . import metrics, references
 from .classifier import load_classifier, prompt_accuracy
 from .errors import UserError
 from .inference_config import EvaluateConfig
-from .loading import Model, load_model, resolve_guidance
+from .loading import Model, load_model, resolve_guidance, resolve_steps
 from .sampling import package_versions
 from .schedulers import default_scheduler
 from .scoring import (
@@ -112,10 +112,12 @@ def evaluate(cfg) -> Path:
     prompts = _conditions(cfg, model, classifier)
     resolution = cfg.resolution or model.pixel_shape[1]  # a latent model's images, not its latents
     runs = sweep_runs(cfg, model) if cfg.sweep else \
-        [(cfg.scheduler or default_scheduler(model.scheduler_config), cfg.num_inference_steps)]
+        [(name := cfg.scheduler or default_scheduler(model.scheduler_config),
+          resolve_steps(model, cfg.num_inference_steps, name, cfg.eta))]
     asked = cfg.guidance_scale
     # resolved into a copy, so metrics.json records it and the caller's config stays as asked (a sweep: per run)
-    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, asked, runs[0][0], cfg.eta))
+    cfg = dataclasses.replace(cfg, guidance_scale=resolve_guidance(model, asked, runs[0][0], cfg.eta),
+                              num_inference_steps=runs[0][1])
     default_out = model.samples_dir.parent / "eval" / ("sweep" if cfg.sweep else f"{runs[0][0]}-{runs[0][1]}")
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else default_out)
     reference_images = _reference_images_to_compute(cfg, resolution)

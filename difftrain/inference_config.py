@@ -17,7 +17,9 @@ class SamplerOptions:
     scheduler: str | None = opt(
         None, "Sampler short name (see sample.py --list_schedulers; unset: euler_a, euler for EDM models)."
     )
-    num_inference_steps: int = opt(50, "Sampling steps.")
+    num_inference_steps: int | None = opt(None, "Sampling steps (unset: 100 for an unconditional model with "
+                                         "guide_unet/ and a stochastic sampler, whose autoguidance gains from "
+                                         "them; else 50).")
     eta: float = opt(0.0, "DDIM eta: 0 is deterministic, 1 adds DDPM-like noise (ddim only).")
     timestep_spacing: str | None = opt(
         None, "How the steps are spread over the training timesteps (unset: as the saved scheduler says).",
@@ -43,7 +45,7 @@ class SamplerOptions:
     dtype: str = opt("fp32", "Weights' dtype; the scheduler's arithmetic stays fp32.", choices=["fp32", "fp16", "bf16"])
 
     def validate(self) -> None:
-        if self.num_inference_steps < 1:
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise UserError(f"--num_inference_steps must be at least 1 (got {self.num_inference_steps}).")
         if not 0.0 <= self.eta <= 1.0:
             raise UserError(f"--eta must be between 0 and 1 (got {self.eta}).")

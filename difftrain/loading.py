@@ -15,7 +15,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
+from .autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_STEPS, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE
 from .errors import UserError
 from .lora import WEIGHT_NAME as LORA_FILE
@@ -295,3 +295,16 @@ def resolve_guidance(model: Model, requested: float | None, sampler: str, eta: f
     if model.class_names is not None:
         return CLASS_GUIDANCE
     return 7.5
+
+
+DEFAULT_STEPS = 50  # sampling steps unless told, but for autoguidance (AUTOGUIDANCE_STEPS)
+
+
+def resolve_steps(model: Model, requested: int | None, sampler: str, eta: float = 0.0) -> int:
+    """--num_inference_steps as given, else AUTOGUIDANCE_STEPS where autoguidance is on unasked (an unconditional
+    model with a guide and a stochastic sampler, resolve_guidance), else DEFAULT_STEPS."""
+    if requested is not None:
+        return requested
+    autoguided = model.guide is not None and not model.conditional and \
+        scale_for_sampler(AUTOGUIDANCE, sampler, model.scheduler_config, eta) != 1.0
+    return AUTOGUIDANCE_STEPS if autoguided else DEFAULT_STEPS

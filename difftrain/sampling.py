@@ -24,7 +24,7 @@ from . import __version__
 from .data.images import to_uint8
 from .editing import Edit, load_edit
 from .errors import UserError
-from .loading import Model, load_model, resolve_guidance
+from .loading import DEFAULT_STEPS, Model, load_model, resolve_guidance, resolve_steps
 from .pipelines import autoguided_predictor, comparison_sheet, generate, guided_predictor, image_grid
 from .repaint import check_scheduler as check_jump_scheduler
 from .schedulers import (
@@ -231,13 +231,17 @@ def sample(cfg) -> Path | None:
     model = load_model(cfg.model, use_ema=not cfg.no_ema, device=device, dtype=DTYPES[cfg.dtype], lora=cfg.lora,
                        lora_scale=cfg.lora_scale, inpainting=cfg.mask_image is not None)
     prompts = conditions(model, cfg)
+    # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
+    if cfg.scheduler == "all":  # every scheduler at the same steps
+        cfg = dataclasses.replace(cfg, num_inference_steps=cfg.num_inference_steps or DEFAULT_STEPS)
+    else:
+        name = cfg.scheduler or default_scheduler(model.scheduler_config)
+        cfg = dataclasses.replace(cfg, scheduler=name,
+                                  num_inference_steps=resolve_steps(model, cfg.num_inference_steps, name, cfg.eta),
+                                  guidance_scale=resolve_guidance(model, cfg.guidance_scale, name, cfg.eta))
     edit = load_edit(cfg, model, device)
     if cfg.scheduler == "all":
         return compare_schedulers(cfg, model, prompts, device, edit)
-    # what the model resolves goes into a copy (metadata and regenerate commands record it); the caller's stays as asked
-    name = cfg.scheduler or default_scheduler(model.scheduler_config)
-    cfg = dataclasses.replace(cfg, scheduler=name, guidance_scale=resolve_guidance(model, cfg.guidance_scale, name,
-                                                                                   cfg.eta))
     scheduler, step_kwargs = build_scheduler(cfg.scheduler, model, cfg)
     out = prepare_output_dir(Path(cfg.output_dir) if cfg.output_dir else
                              model.samples_dir / f"{cfg.scheduler}-{cfg.num_inference_steps}")

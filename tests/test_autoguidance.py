@@ -114,6 +114,31 @@ def test_sample_py_autoguides_stochastic_samplers_by_default_and_scale_1_turns_i
     assert len({images[k] for k in ("default", "off", "other")}) == 3  # the scale changes the images
 
 
+def test_unset_steps_are_autoguidance_steps_where_autoguidance_is_on(guided_run, tmp_path):
+    """--num_inference_steps unset: AUTOGUIDANCE_STEPS for an autoguided model with a stochastic sampler (sample.py
+    records and regenerates with them), 50 for a deterministic one, a model without a guide or a conditional one;
+    asked steps are kept."""
+    from types import SimpleNamespace
+
+    import sample
+    from difftrain.autoguidance import AUTOGUIDANCE_STEPS
+    from difftrain.loading import DEFAULT_STEPS, load_model, resolve_steps
+
+    model = load_model(str(guided_run), device=torch.device("cpu"))
+    assert AUTOGUIDANCE_STEPS != DEFAULT_STEPS
+    assert resolve_steps(model, None, "euler_a") == resolve_steps(model, None, "ddim", eta=1.0) == AUTOGUIDANCE_STEPS
+    assert resolve_steps(model, None, "ddim") == DEFAULT_STEPS and resolve_steps(model, 7, "euler_a") == 7
+    for guide, conditional in ((None, False), (object(), True)):
+        other = SimpleNamespace(guide=guide, conditional=conditional, scheduler_config=model.scheduler_config)
+        assert resolve_steps(other, None, "euler_a") == DEFAULT_STEPS
+    for scheduler, steps in (("euler_a", AUTOGUIDANCE_STEPS), ("ddim", DEFAULT_STEPS)):
+        out = tmp_path / scheduler
+        assert run_script(sample, ["--model", guided_run, "--num_images", 1, "--scheduler", scheduler,
+                                   "--output_dir", out]) == 0
+        record = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
+        assert record["steps"] == steps and f"--num_inference_steps {steps}" in record["command"]
+
+
 def test_scale_for_sampler_guides_only_stochastic_samplers():
     from difftrain.autoguidance import scale_for_sampler
     from difftrain.schedulers import SCHEDULERS

@@ -5,6 +5,7 @@ import pytest
 
 from difftrain import autoguidance, config, text_config
 from difftrain.config import TrainConfig
+from difftrain.inference_config import SampleConfig
 from difftrain.errors import UserError
 from difftrain.unconditional_config import UnconditionalConfig
 
@@ -134,9 +135,10 @@ def test_default_recipes_are_pinned():
     assert cfg.unet["block_out_channels"] == [16, 32, 64] and cfg.unet["down_block_types"][-1] == "AttnDownBlock2D"
     assert cfg.unet["norm_num_groups"] == 8 and cfg.validation_steps == 500
     assert cfg.mixed_precision is None  # bf16 where native: tests/test_utils.py
-    # the unconditional default's guide (a fraction of the run), its scale and its noise interval σ
-    assert (autoguidance.AUTOGUIDANCE_SNAPSHOT, autoguidance.AUTOGUIDANCE, autoguidance.GUIDANCE_INTERVAL) == \
-        (0.15, 4.0, (0.28, 3.0))
+    # the unconditional default's guide (a fraction of the run), its scale, its noise interval σ and its sampling steps
+    assert (autoguidance.AUTOGUIDANCE_SNAPSHOT, autoguidance.AUTOGUIDANCE, autoguidance.GUIDANCE_INTERVAL,
+            autoguidance.AUTOGUIDANCE_STEPS) == (0.15, 4.0, (0.28, 3.0), 100)
+    assert SampleConfig().num_inference_steps is None  # unset: 100 autoguided (above), else 50
     classes = UnconditionalConfig(class_conditional=True)
     assert (classes.label_column, classes.label_dropout, classes.validation_guidance_scale) == ("label", 0.1, None)
     assert __import__("difftrain.classes").classes.CLASS_GUIDANCE == 2.0

@@ -1,6 +1,6 @@
 """speed.py, checked on CPU: --compile (through Accelerate, compiled once, saves and resume as without it),
---channels_last (the same training up to rounding), SDPA attention in every UNet we build, and what the switches
-refuse or say."""
+--channels_last (the same training up to rounding), SDPA attention in every UNet we build (the classic processor for
+short sequences when training on a CPU), and what the switches refuse or say."""
 
 import os
 
@@ -135,6 +135,66 @@ def test_every_attention_of_our_unets_is_torchs_scaled_dot_product_attention():
         processors = [m.processor for m in unet.modules() if isinstance(m, Attention)]
         assert processors and all(type(p) is AttnProcessor2_0 for p in processors)
     assert text.attn_processors and all(type(p) is AttnProcessor2_0 for p in text.attn_processors.values())
+
+
+@pytest.mark.parametrize("side", [7, 17])  # 49 tokens (the default configs' 7×7) and 289 (> SHORT_SEQUENCE)
+def test_short_sequence_attention_is_the_same_attention_by_the_faster_kernel(side):
+    """ShortSequenceAttnProcessor gives SDPA's outputs and gradients (up to float rounding) for self- and
+    cross-attention, computing them with the classic processor up to SHORT_SEQUENCE tokens and SDPA above."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from difftrain.speed import SHORT_SEQUENCE, ShortSequenceAttnProcessor
+
+    torch.manual_seed(0)
+    spatial = Attention(32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True,
+                        rescale_output_factor=1.0, _from_deprecated_attn_block=True)  # UNet2DModel's: (b, c, h, w)
+    cross = Attention(32, cross_attention_dim=24, heads=2, dim_head=16)  # UNet2DConditionModel's: (b, tokens, c)
+    cases = [(spatial, (torch.randn(3, 32, side, side),)),
+             (cross, (torch.randn(3, side * side, 32), torch.randn(3, 5, 24)))]
+    for module, inputs in cases:
+        results = []
+        for processor in (AttnProcessor2_0(), ShortSequenceAttnProcessor()):
+            module.set_processor(processor)
+            leaves = [x.clone().requires_grad_() for x in inputs]
+            out = module(*leaves)
+            out.square().sum().backward()
+            results.append([out, *[x.grad for x in leaves], *[p.grad.clone() for p in module.parameters()]])
+            module.zero_grad()
+        assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(*results))
+    chosen = []
+    for name in ("short", "long"):  # which kernel a call took
+        inner = getattr(processor, name)
+        setattr(processor, name, lambda *a, _inner=inner, _name=name, **k: chosen.append(_name) or _inner(*a, **k))
+    cross(*cases[1][1])
+    assert chosen == ["short" if side * side <= SHORT_SEQUENCE else "long"]
+
+
+def test_training_on_a_cpu_swaps_the_default_attention_only(tmp_path):
+    """speed.apply on a CPU gives every default (SDPA) attention of the model ShortSequenceAttnProcessor and leaves
+    another processor alone; the weights are untouched, and a saved model loads with diffusers' default again."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, DynamoBackend
+    from diffusers import UNet2DModel
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    from difftrain import speed
+    from difftrain.models import build_unet
+
+    unet = build_unet(config.TrainConfig().unet, resolution=28, channels=1)
+    attentions = [m for m in unet.modules() if isinstance(m, Attention)]
+    kept = AttnProcessor()  # as if the user's code had chosen it
+    attentions[0].set_processor(kept)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    accelerator = SimpleNamespace(device=torch.device("cpu"), print=print, distributed_type=DistributedType.NO,
+                                  state=SimpleNamespace(dynamo_plugin=SimpleNamespace(backend=DynamoBackend.NO)))
+    speed.apply(config.TrainConfig(), unet, accelerator)
+    assert attentions[0].processor is kept
+    assert all(type(m.processor) is speed.ShortSequenceAttnProcessor for m in attentions[1:]) and len(attentions) > 1
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+    unet.save_pretrained(str(tmp_path))
+    loaded = UNet2DModel.from_pretrained(str(tmp_path))
+    assert all(type(m.processor) is AttnProcessor2_0 for m in loaded.modules() if isinstance(m, Attention))
 
 
 def test_what_the_speed_switches_refuse_or_say():

@@ -2,7 +2,8 @@
 
     python benchmarks/train_throughput.py [--config configs/mnist.yaml] [--steps 40] [--variants fp32 bf16] [--rounds 3]
 
-Each variant trains `--steps` optimizer updates through train_unconditional.py in a fresh process;
+Each variant trains `--steps` optimizer updates through train_unconditional.py (train_text_to_image.py for a config
+with a caption_column, or --script) in a fresh process;
 images/s is the median of the per-update rates the trainer logs (first 5 updates dropped as warm-up; a compiled
 model's first update, its compilation, is never in them: the trainer logs it as compile_seconds);
 peak memory is the process's max RSS (CPU) or torch.cuda.max_memory_allocated (GPU). With --rounds N the variants run
@@ -67,12 +68,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=list(VARIANTS))
     parser.add_argument("--epoch_size", type=int, default=50_000, help="Images per epoch for the minutes column.")
     parser.add_argument("--rounds", type=int, default=1, help="Run the variants this many times, interleaved.")
+    parser.add_argument("--script", choices=["train_unconditional.py", "train_text_to_image.py"],
+                        help="The training script (unset: train_text_to_image.py for a config with a caption_column).")
     args = parser.parse_args()
+    script = args.script or ("train_text_to_image.py" if "caption_column" in yaml.safe_load(Path(args.config).read_text())
+                             else "train_unconditional.py")
     runs = {name: [] for name in args.variants}
     for round_ in range(args.rounds):
         for name in args.variants:
             with tempfile.TemporaryDirectory() as tmp:
-                runs[name].append(run_variant(args.config, args.steps, *VARIANTS[name], Path(tmp)))
+                runs[name].append(run_variant(args.config, args.steps, *VARIANTS[name], Path(tmp), script=script))
             r = runs[name][-1]
             compiled = f", compiled in {r['compile_seconds']:.0f} s" if r["compile_seconds"] is not None else ""
             print(f"round {round_ + 1}, {name}: {r['images_per_s']:.1f} images/s{compiled}", flush=True)

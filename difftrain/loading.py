@@ -306,5 +306,5 @@ def resolve_steps(model: Model, requested: int | None, sampler: str, eta: float 
     if requested is not None:
         return requested
     autoguided = model.guide is not None and not model.conditional and \
-        scale_for_sampler(AUTOGUIDANCE, sampler, model.scheduler_config, eta) != 1.0
+        resolve_guidance(model, None, sampler, eta) != 1.0
     return AUTOGUIDANCE_STEPS if autoguided else DEFAULT_STEPS

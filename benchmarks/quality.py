@@ -32,7 +32,7 @@ from difftrain.inference_config import SampleConfig
 from difftrain.scoring import class_prompts
 from difftrain.pipelines import image_grid
 from difftrain.loading import load_model, resolve_guidance, resolve_steps
-from difftrain.sampling import build_scheduler, sample_images
+from difftrain.sampling import build_scheduler, drawn_classes, sample_images
 from difftrain.utils import resolve_device
 from difftrain.schedulers import default_scheduler
 
@@ -146,7 +146,9 @@ def score(args, device) -> dict:
     model = load_model(args.model, device=device)
     classifier = classifier_for(args.classifier, args.dataset_name, device)
     # image k shows class k mod 10: named by a prompt (text models) or by its class (class models, in label order)
-    prompts = list(model.class_names) if model.class_names is not None else \
+    # a pixel-cluster model (the default run's): clusters drawn by their sizes, as sample.py draws them
+    prompts = drawn_classes(model, [args.seed + k for k in range(args.num_samples)]) if model.class_prior else \
+        list(model.class_names) if model.class_names is not None else \
         class_prompts([args.prompt_template], classifier.labels) if model.conditional else []
     name = args.scheduler or default_scheduler(model.scheduler_config)
     args.guidance_scale = resolve_guidance(model, args.guidance_scale, name)
@@ -165,7 +167,7 @@ def score(args, device) -> dict:
     real_probs = predict_proba(classifier, real)
     record.update(real_legible=float((real_probs.max(1) >= LEGIBLE_P).mean()),
                   real_rarest_share=float((np.bincount(real_probs.argmax(1), minlength=10) / len(real)).min()))
-    if prompts:
+    if prompts and not model.class_prior:
         expected = np.arange(len(images)) % 10
         per_digit = [float((read_as[expected == d] == d).mean()) for d in range(10)]
         record.update(prompt_template=args.prompt_template,

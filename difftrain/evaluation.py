@@ -16,7 +16,7 @@ from .classifier import load_classifier, prompt_accuracy
 from .errors import UserError
 from .inference_config import EvaluateConfig
 from .loading import Model, load_model, resolve_guidance, resolve_steps
-from .sampling import package_versions
+from .sampling import drawn_classes, package_versions
 from .schedulers import default_scheduler
 from .scoring import (
     class_prompts,
@@ -150,6 +150,11 @@ def _conditions(cfg, model: Model, classifier) -> list[str]:
     if cfg.prompt_template != EvaluateConfig().prompt_template:
         raise UserError(f"--prompt_template phrases prompts; {cfg.model} is class-conditional (its classes are "
                         "sampled in order); drop --prompt_template.")
+    if model.class_prior:  # a pixel-cluster model: its clusters drawn as sample.py draws them; no class to score
+        if classifier:
+            raise UserError(f"--classifier scores the class each image was asked for; {cfg.model}'s classes are its "
+                            "own pixel clusters, not the classifier's: drop --classifier.")
+        return drawn_classes(model, [cfg.seed + k for k in range(cfg.num_samples)])
     if classifier and len(classifier.labels) != len(model.class_names):
         raise UserError(f"--classifier {cfg.classifier} reads {len(classifier.labels)} classes but {cfg.model} has "
                         f"{len(model.class_names)}; train one on the model's dataset (evaluate.py train-classifier).")

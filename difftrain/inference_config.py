@@ -69,7 +69,8 @@ class SampleConfig(SamplerOptions):
                             factory=list)
     prompt_file: str | None = opt(None, "A text file of prompts, one a line (added after --prompt).")
     class_label: list[str] = opt(help="Class-conditional models: class name(s) or id(s), or all (every class in "
-                                 "order; unset: all); image k gets label k mod L.", factory=list)
+                                 "order); image k gets label k mod L. Unset: all, or for a pixel-cluster model (the "
+                                 "default run's), clusters drawn by their training sizes.", factory=list)
     init_image: str | None = opt(None, "img2img: an image (or a folder: image k edits file k mod F) to noise to "
                                  "--strength and denoise from (SDEdit); resized and converted to the model's size and "
                                  "channels with a note.")

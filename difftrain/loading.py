@@ -40,6 +40,7 @@ class Model:
     vae: torch.nn.Module | None = None  # latent models: the AutoencoderKL, VQModel or mock: images ↔ latents
     guidance_scale: float | None = None  # guided models: the scale its run sampled its grids at
     class_names: list[str] | None = None  # class-conditional models: what --class_label names
+    class_prior: list[int] | None = None  # pixel-cluster models: each cluster's training size, what sampling draws by
     guide: torch.nn.Module | None = None  # unconditional models with guide_unet/: what autoguidance steers from
 
     @property
@@ -152,14 +153,19 @@ def _load_unet(folder: Path, dtype: torch.dtype, inpainting: bool = False):
     return unet
 
 
+def _saved_class_entry(folder: Path, run: Path, key: str):
+    """`key` of a class model's pipeline (model_index.json), else of its run's training_config.yaml (a checkpoint)."""
+    index = folder / "model_index.json"
+    value = json.loads(index.read_text()).get(key) if index.is_file() else None
+    return value or run_config(run).get(key)
+
+
 def _class_names(unet, folder: Path, run: Path) -> list[str] | None:
-    """A class model's class names: its pipeline's model_index.json, else its run's training_config.yaml (a
-    checkpoint), else their ids; None for any other model. The last class embedding is "no class"."""
+    """A class model's class names: as saved (_saved_class_entry), else their ids; None for any other model. The last
+    class embedding is "no class"."""
     if not isinstance(unet, UNet2DModel) or not unet.config.get("num_class_embeds"):
         return None
-    index = folder / "model_index.json"
-    names = json.loads(index.read_text()).get("class_names") if index.is_file() else None
-    names = names or run_config(run).get("class_names")
+    names = _saved_class_entry(folder, run, "class_names")
     return [str(n) for n in names] if names else [str(k) for k in range(unet.config.num_class_embeds - 1)]
 
 
@@ -227,6 +233,8 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
                    vae=_latent_vae(run, device, dtype), guidance_scale=_trained_guidance(run),
                    class_names=_class_names(unet, folder, run),
+                   class_prior=_saved_class_entry(folder, run, "class_prior") if unet.config.get("num_class_embeds")
+                   else None,
                    # a pipeline folder's guide; a checkpoint-N/ may predate its run's guide, so it samples unguided
                    guide=load_guide(folder, unet) if folder == run else None)
     if loaded.class_names is not None:  # names → class ids; "" (the unconditional half of guidance) → "no class"

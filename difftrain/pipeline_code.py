@@ -15,7 +15,7 @@ import inspect
 import re
 from pathlib import Path
 
-from . import classes, errors, latents, pipelines, text
+from . import classes, clusters, errors, latents, pipelines, text
 from .data import images
 
 FILE_NAME = "pipeline.py"  # diffusers' CUSTOM_PIPELINE_FILE_NAME: what custom_pipeline="pipeline" names
@@ -47,7 +47,7 @@ NEEDS = {
                             (latents.decode, (text.TextEncoder, TEXT_ENCODER_MEMBERS), pipelines.sample_shape,
                              pipelines.TextToImagePipeline)),
     "ClassConditionalPipeline": ({"CLASS_GUIDANCE": classes.CLASS_GUIDANCE},
-                                 (errors.UserError, classes.label_ids, pipelines.class_predictor,
+                                 (errors.UserError, classes.label_ids, clusters.draw_clusters, pipelines.class_predictor,
                                   pipelines.class_names_of, pipelines.sample_shape, pipelines.ClassConditionalPipeline)),
 }
 

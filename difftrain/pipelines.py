@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from . import latents  # imported here: diffusers loads a vae/ of library "difftrain.latents" only once it is imported
 from .autoguidance import GUIDANCE_INTERVAL, guidance_interval
 from .classes import CLASS_GUIDANCE
+from .clusters import draw_clusters
 from .data.images import to_uint8
 
 
@@ -233,26 +234,35 @@ class TextToImagePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
 class ClassConditionalPipeline(DiffusionPipeline):
     """A UNet2DModel with class embeddings (`num_class_embeds` = classes + 1; the last is "no class"), sampled with
-    classifier-free guidance: what `train_unconditional.py --class_conditional` writes.
+    classifier-free guidance: what `train_unconditional.py --class_conditional` writes, and what the default run
+    writes with the images' own clusters as classes (class_prior: each cluster's training size).
 
         pipe = ClassConditionalPipeline.from_pretrained("ddpm-mnist-classes")
         images = pipe(class_labels=["7", "7", "3"]).images   # names (pipe.class_names) or ids
+        images = pipe(num_images=4).images                   # a model with class_prior: classes drawn by it
 
     Image k comes from a generator seeded `seed + k` alone, as in sample.py; the saved scheduler is the training
     DDPM (swap it the diffusers way, e.g. `EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)`)."""
 
-    def __init__(self, unet, scheduler, class_names: list[str] | None = None):
+    def __init__(self, unet, scheduler, class_names: list[str] | None = None, class_prior: list[int] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(class_names=class_names)
+        self.register_to_config(class_names=class_names, class_prior=class_prior)
 
     @property
     def class_names(self) -> list[str]:
         return class_names_of(self.unet, self.config.class_names)
 
     @torch.no_grad()
-    def __call__(self, class_labels: int | str | list, guidance_scale: float = CLASS_GUIDANCE,
-                 num_inference_steps: int = 50, seed: int = 0, output_type: str = "pil"):
+    def __call__(self, class_labels: int | str | list | None = None, num_images: int = 1,
+                 guidance_scale: float = CLASS_GUIDANCE, num_inference_steps: int = 50, seed: int = 0,
+                 output_type: str = "pil"):
+        seeds = list(range(seed, seed + num_images))
+        if class_labels is None:
+            if not self.config.get("class_prior"):
+                raise ValueError("class_labels: name the classes to draw (pipe.class_names); this model has no "
+                                 "class_prior to draw them from.")
+            class_labels = [self.class_names[k] for k in draw_clusters(self.config.class_prior, seeds)]
         labels = class_labels if isinstance(class_labels, list) else [class_labels]
         predict, n = class_predictor(self.unet, labels, self.class_names, guidance_scale)
         x = generate(predict, self.scheduler, sample_shape(self.unet), list(range(seed, seed + n)),

@@ -57,8 +57,8 @@ def read_prompts(cfg) -> list[str]:
 
 def conditions(model: Model, cfg) -> list[str]:
     """What image k is conditioned on (entry k mod L): the prompts of a text model, the class names of a class
-    model (--class_label; unset: every class in turn), nothing for an unconditional one; flags that do not fit the
-    model are refused."""
+    model (--class_label; unset: every class in turn, or for a pixel-cluster model, clusters drawn by their sizes from
+    each image's seed), nothing for an unconditional one; flags that do not fit the model are refused."""
     prompts = read_prompts(cfg)
     if model.class_names is None:
         if cfg.class_label:
@@ -72,7 +72,16 @@ def conditions(model: Model, cfg) -> list[str]:
     if flag:
         raise UserError(f"{flag} given, but {cfg.model} is a class-conditional model; pass --class_label NAME "
                         f"(its classes: {', '.join(model.class_names[:20])}) or --class_label all.")
+    if not cfg.class_label and model.class_prior:
+        return drawn_classes(model, [cfg.seed + k for k in range(cfg.num_images)])
     return [model.class_names[k] for k in label_ids(cfg.class_label or ["all"], model.class_names)]
+
+
+def drawn_classes(model: Model, seeds: list[int]) -> list[str]:
+    """A pixel-cluster model's class for each seed, drawn by the clusters' training sizes (clusters.draw_clusters)."""
+    from .clusters import draw_clusters
+
+    return [model.class_names[k] for k in draw_clusters(model.class_prior, seeds)]
 
 
 def check_conditioning(model: Model, prompts: list[str], cfg) -> None:

@@ -1,6 +1,6 @@
 """The recipe of train_unconditional.py: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline; with
---class_conditional, a UNet2DModel with class embeddings trained for classifier-free guidance, saved as a
-ClassConditionalPipeline; with --vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace,
+--class_conditional (or --num_clusters: the images' own k-means clusters as classes, the default from scratch), a
+UNet2DModel with class embeddings trained for classifier-free guidance, saved as a ClassConditionalPipeline; with --vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace,
 shared with text-to-image), saved as a LatentDiffusionPipeline, or as diffusers' LDMPipeline when unconditional in a
 VQModel's."""
 
@@ -11,7 +11,8 @@ from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
 from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
-from .unconditional_config import autoguidance_snapshot
+from .clusters import cluster_images, cluster_names, draw_clusters
+from .unconditional_config import autoguidance_snapshot, num_clusters
 from .data import decode_images, load_source_dataset
 from .errors import UserError
 from .latents import MOCK, CachedLatents, DenoisingSpace, MockAutoencoder, load_vae, saved_vae
@@ -86,6 +87,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         source = load_source_dataset(cfg)
         labels, names = read_labels(source, cfg.label_column) if cfg.class_conditional else (None, None)
         dataset = decode_images(cfg, source, space.image_mode)
+        labels, names, prior = cluster_labels(cfg, dataset) if num_clusters(cfg) else (labels, names, None)
         space.prepare(dataset, device, DTYPES.get(accelerator.mixed_precision, torch.float32))
     unet = make_unet(cfg, architecture, space.size, channels=space.channels(dataset),
                      num_classes=len(names) if names else None)
@@ -119,6 +121,9 @@ def build_recipe(cfg, accelerator) -> Recipe:
     def grid(model):  # fixed seeds, so grids from different steps compare; a class model: one column per class
         if names is None:
             return image_grid(generate_images(model, list(range(cfg.eval_batch_size))))
+        if prior is not None:  # clusters drawn as sampling draws them
+            seeds = list(range(cfg.eval_batch_size))
+            return image_grid(generate_images(model, seeds, [names[k] for k in draw_clusters(prior, seeds)]))
         columns = names[:10]
         shown = [c for _ in range(-(-cfg.eval_batch_size // len(columns))) for c in columns]
         return image_grid(generate_images(model, list(range(len(shown))), shown), cols=len(columns))
@@ -139,7 +144,8 @@ def build_recipe(cfg, accelerator) -> Recipe:
         elif names is None:
             DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
         else:
-            ClassConditionalPipeline(unet=model, scheduler=scheduler, class_names=names).save_pretrained(folder)
+            ClassConditionalPipeline(unet=model, scheduler=scheduler, class_names=names,
+                                     class_prior=prior).save_pretrained(folder)
             write_pipeline_code("ClassConditionalPipeline", folder)  # so plain diffusers loads it too
 
     return Recipe(
@@ -153,11 +159,23 @@ def build_recipe(cfg, accelerator) -> Recipe:
         "DDPMPipeline" if names is None else "ClassConditionalPipeline",
         save_frozen=save_frozen if vae is not None else None,
         scheduler=scheduler,
-        eval_prompts=names,
+        eval_prompts=names if prior is None else [names[k] for k in draw_clusters(prior, range(cfg.eval_num_samples))],
         eval_classifier=cfg.eval_classifier,
         autoguidance_snapshot=snapshot,
         resolved={"prediction_type": scheduler.config.prediction_type, "autoguidance_snapshot": snapshot,
                   **({"image_mode": space.image_mode} if vae is not None else {}),
                   **({"class_names": names} if names else {}),
+                  **({"num_clusters": len(prior), "class_prior": prior} if prior is not None else {}),
                   **({"validation_guidance_scale": guidance} if names or snapshot else {})},
     )
+
+
+def cluster_labels(cfg, dataset) -> tuple[list[int], list[str], list[int]]:
+    """The images' k-means clusters as class labels (clusters.py): ids, names, and sizes (what sampling draws by)."""
+    k = num_clusters(cfg)
+    if cfg.num_clusters is None:  # unset: about ten images a cluster at least, for small datasets
+        k = max(1, min(k, len(dataset) // 10))
+    elif k > len(dataset):
+        raise UserError(f"--num_clusters {k} is more than the {len(dataset)} training images; pass fewer, or 0.")
+    ids, sizes = cluster_images(dataset, k, cfg.seed if cfg.seed is not None else 0)
+    return ids, cluster_names(k), sizes

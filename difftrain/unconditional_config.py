@@ -1,5 +1,6 @@
 """The schema of train_unconditional.py: every TrainConfig option (config.py), plus class conditioning
-(--class_conditional), autoguidance (--autoguidance_snapshot) and latent diffusion (--vae_name_or_path)."""
+(--class_conditional), pixel clusters (--num_clusters), autoguidance (--autoguidance_snapshot) and latent diffusion
+(--vae_name_or_path)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,30 @@ from dataclasses import dataclass
 
 from .autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_SNAPSHOT
 from .classes import CLASS_GUIDANCE
+from .clusters import CLUSTERS
 from .config import TrainConfig, _default
 from .errors import UserError
 from .options import opt
 
 
+def num_clusters(cfg) -> int:
+    """--num_clusters as resolved: what the user said, else CLUSTERS for an unconditional pixel-space model from
+    scratch that asked for no autoguidance (a fresh default MNIST run: legible digits 88-90 → 95.5 %, README Quality),
+    else 0 (none)."""
+    if cfg.num_clusters is not None:
+        return cfg.num_clusters
+    other = cfg.class_conditional or cfg.pretrained_model_name_or_path or cfg.vae_name_or_path or \
+        cfg.autoguidance_snapshot
+    return 0 if other else CLUSTERS
+
+
 def autoguidance_snapshot(cfg) -> float:
     """--autoguidance_snapshot as resolved: what the user said, else AUTOGUIDANCE_SNAPSHOT for an unconditional model
-    from scratch (a fresh default MNIST run: legible digits 74 → 87 %, README Quality), else 0 (none)."""
+    from scratch without pixel clusters (a fresh MNIST run: legible digits 74 → 87 %, README Quality), else 0 (none)."""
     if cfg.autoguidance_snapshot is not None:
         return cfg.autoguidance_snapshot
-    return 0.0 if cfg.class_conditional or cfg.pretrained_model_name_or_path else AUTOGUIDANCE_SNAPSHOT
+    return 0.0 if cfg.class_conditional or cfg.pretrained_model_name_or_path or num_clusters(cfg) else \
+        AUTOGUIDANCE_SNAPSHOT
 
 
 @dataclass
@@ -31,7 +45,14 @@ class UnconditionalConfig(TrainConfig):
                                   "ClassConditionalPipeline and samples with sample.py --class_label.")
     label_column: str = opt("label", "Class-conditional: the column of class labels (a ClassLabel keeps its names; "
                             "integers or strings are numbered in sorted order).")
-    label_dropout: float = opt(0.1, "Class-conditional: probability of training on 'no class' instead of the label.")
+    label_dropout: float = opt(0.1, "Class-conditional and pixel clusters: probability of training on 'no class' "
+                               "instead of the label.")
+    num_clusters: int | None = opt(
+        None, "Unconditional: group the training images into this many k-means clusters of their blurred pixels and "
+        "train on the cluster ids as classes (no labels read), so sampling draws a cluster in proportion to its size "
+        "and guides the image by it (classifier-free guidance, --validation_guidance_scale); 0: a plain DDPMPipeline. "
+        f"Unset: {CLUSTERS} from scratch in pixel space, unless --class_conditional or --autoguidance_snapshot; 0 "
+        "otherwise. The output loads in difftrain's ClassConditionalPipeline: pipe(num_images=4).")
     validation_guidance_scale: float | None = opt(
         None, "The guidance of the sample grids, and sample.py's default for the model: classifier-free guidance of a "
         f"class-conditional model (unset: {CLASS_GUIDANCE}), autoguidance of an unconditional one with a guide "
@@ -39,8 +60,8 @@ class UnconditionalConfig(TrainConfig):
     autoguidance_snapshot: float | None = opt(
         None, "Unconditional: the fraction of the run at which the shipping (EMA) weights are kept as guide_unet/, the "
         "weaker version of the model that autoguidance steers away from (sample.py --guidance_scale); 0: none. "
-        f"Unset: {AUTOGUIDANCE_SNAPSHOT} from scratch, 0 for a fine-tune; class models have classifier-free guidance "
-        "instead.")
+        f"Unset: {AUTOGUIDANCE_SNAPSHOT} from scratch with --num_clusters 0, else 0; class and pixel-cluster models "
+        "have classifier-free guidance instead.")
     eval_classifier: str | None = opt(None, "Class-conditional, with --eval_steps: a classifier folder (evaluate.py "
                                       "train-classifier); logs the fraction of samples of class k read as class k.")
     vae_name_or_path: str | None = opt(
@@ -65,9 +86,11 @@ class UnconditionalConfig(TrainConfig):
         if snapshot and self.class_conditional:
             raise UserError("--autoguidance_snapshot guides unconditional models; a class model has classifier-free "
                             "guidance (--validation_guidance_scale): drop --autoguidance_snapshot.")
+        self.validate_clusters()
+        clusters = num_clusters(self)
         if not self.class_conditional:
-            class_options = ("label_column", "label_dropout", "eval_classifier") + \
-                (() if autoguidance_snapshot(self) else ("validation_guidance_scale",))
+            class_options = ("label_column", "eval_classifier") + (() if clusters else ("label_dropout",)) + \
+                (() if autoguidance_snapshot(self) or clusters else ("validation_guidance_scale",))
             changed = [f"--{n}" for n in class_options if getattr(self, n) != _default(type(self), n)]
             if changed:
                 raise UserError(f"{', '.join(changed)} shape(s) a class-conditional model, which --class_conditional "
@@ -76,3 +99,16 @@ class UnconditionalConfig(TrainConfig):
             raise UserError(f"--label_dropout must be in [0, 1) (got {self.label_dropout}).")
         if self.validation_guidance_scale is not None and self.validation_guidance_scale < 0:
             raise UserError(f"--validation_guidance_scale must be 0 or more (got {self.validation_guidance_scale}).")
+
+    def validate_clusters(self) -> None:
+        if self.num_clusters is None or self.num_clusters == 0:
+            return
+        if self.num_clusters < 2:
+            raise UserError(f"--num_clusters must be 0 (none) or 2 or more (got {self.num_clusters}).")
+        other = ("--class_conditional" if self.class_conditional else
+                 "--autoguidance_snapshot" if self.autoguidance_snapshot else
+                 "--vae_name_or_path" if self.vae_name_or_path else
+                 "--pretrained_model_name_or_path" if self.pretrained_model_name_or_path else None)
+        if other:
+            raise UserError(f"--num_clusters conditions a pixel-space model from scratch on its own clusters; it does "
+                            f"not go with {other}: drop one of them.")

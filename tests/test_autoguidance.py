@@ -68,7 +68,8 @@ def test_the_guide_acts_only_inside_its_noise_interval():
 
 def test_the_snapshot_step_and_the_resolved_default():
     assert snapshot_step(0.25, 3750) == 938 and snapshot_step(0.25, 2) == 1 and snapshot_step(0.0, 100) is None
-    assert autoguidance_snapshot(parse(UnconditionalConfig, [])) == AUTOGUIDANCE_SNAPSHOT
+    assert autoguidance_snapshot(parse(UnconditionalConfig, ["--num_clusters", "0"])) == AUTOGUIDANCE_SNAPSHOT
+    assert autoguidance_snapshot(parse(UnconditionalConfig, [])) == 0.0  # the default conditions on pixel clusters
     assert autoguidance_snapshot(parse(UnconditionalConfig, ["--class_conditional"])) == 0.0
     assert autoguidance_snapshot(parse(UnconditionalConfig, ["--pretrained_model_name_or_path", "x"])) == 0.0
     for bad, says in ((["--autoguidance_snapshot", "1"], "fraction of the run"),

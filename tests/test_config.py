@@ -139,6 +139,12 @@ def test_default_recipes_are_pinned():
     assert (autoguidance.AUTOGUIDANCE_SNAPSHOT, autoguidance.AUTOGUIDANCE, autoguidance.GUIDANCE_INTERVAL,
             autoguidance.AUTOGUIDANCE_STEPS) == (0.15, 4.0, (0.28, 3.0), 100)
     assert SampleConfig().num_inference_steps is None  # unset: 100 autoguided (above), else 50
+    # the default run conditions on 100 k-means clusters of its 14 px images (no autoguidance then), guided at 2
+    from difftrain import clusters
+    from difftrain.unconditional_config import autoguidance_snapshot, num_clusters
+
+    default = UnconditionalConfig()
+    assert (num_clusters(default), autoguidance_snapshot(default), clusters.CLUSTER_SIDE) == (100, 0.0, 14)
     classes = UnconditionalConfig(class_conditional=True)
     assert (classes.label_column, classes.label_dropout, classes.validation_guidance_scale) == ("label", 0.1, None)
     assert __import__("difftrain.classes").classes.CLASS_GUIDANCE == 2.0

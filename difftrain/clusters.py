@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 CLUSTERS = 100  # from scratch in pixel space unless told (--num_clusters); README Quality
+MIN_CLUSTERED_IMAGES = 1000  # unless told, fewer training images than this are not clustered (autoguided instead)
 CLUSTER_SIDE = 14  # images are averaged down to this many pixels a side: k-means then groups shapes, not stray pixels
 FIT_IMAGES = 60_000  # the centroids are fitted on at most this many images (all of MNIST); every image is then assigned
 ITERATIONS = 30
@@ -44,7 +45,9 @@ def kmeans(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     chosen = [int(torch.randint(len(x), (1,), generator=g))]
     dist = ((x - x[chosen[0]]) ** 2).sum(1)
     for _ in range(k - 1):  # each next seed drawn with probability ∝ its squared distance to the nearest one
-        chosen.append(int(torch.multinomial(dist, 1, generator=g)))
+        # all left coincide with a seed (copies of one image): any of them
+        chosen.append(int(torch.multinomial(dist, 1, generator=g)) if dist.sum() > 0 else
+                      int(torch.randint(len(x), (1,), generator=g)))
         dist = torch.minimum(dist, ((x - x[chosen[-1]]) ** 2).sum(1))
     centroids = x[chosen].clone()
     for _ in range(ITERATIONS):

@@ -51,7 +51,7 @@ def model_card(cfg, *, repo_id: str, global_step: int, pipeline_class: str, grid
         guidance=_guidance(cfg, pipeline_class), loader=loader, load=load.format(repo=repo_id),
         load_base=load.format(repo=cfg.pretrained_model_name_or_path))
     if pipeline_class in ("DDPMPipeline", "LDMPipeline") and hasattr(cfg, "autoguidance_snapshot") and \
-            autoguidance_snapshot(cfg):
+            autoguidance_snapshot(cfg, clusters=0):  # a DDPMPipeline has no clusters
         usage += (f"\n# guide_unet/ is for autoguidance, which plain {pipeline_class} does not apply; difftrain samples "
                   f"with it:\n# python sample.py --model {repo_id}")
     what = (f"Rank-{rank} LoRA adapters for **{cfg.pretrained_model_name_or_path}** (a `{pipeline_class}`)" if rank
@@ -85,7 +85,8 @@ USAGE = {
     "StableDiffusionPipeline": '{loader}\n\n{load}\nimages = pipeline("{prompt}", guidance_scale={guidance}).images',
     "TextToImagePipeline": '{loader}\n\n{load}\nimages = pipeline("{prompt}", guidance_scale={guidance}).images',
     "ClassConditionalPipeline": '{loader}\n\n{load}\n'
-                                'images = pipeline(class_labels=pipeline.class_names[:4], guidance_scale={guidance}).images',
+                                'images = pipeline(class_labels=pipeline.class_names[:4], guidance_scale={guidance}).images\n'
+                                '# a pixel-cluster model (the default run): pipeline(num_images=4) draws its clusters by size',
     # a latent run's vae/ may be difftrain's MockAutoencoder, which has no plain-diffusers loader
     "LatentDiffusionPipeline": 'from difftrain.pipelines import LatentDiffusionPipeline\n\n'
                                'pipeline = LatentDiffusionPipeline.from_pretrained("{repo_id}")\n'

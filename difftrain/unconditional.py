@@ -11,7 +11,8 @@ from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
 from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
-from .clusters import cluster_images, cluster_names, draw_clusters
+from .clusters import MIN_CLUSTERED_IMAGES, cluster_images, cluster_names, draw_clusters
+from .config import _default
 from .unconditional_config import autoguidance_snapshot, num_clusters
 from .data import decode_images, load_source_dataset
 from .errors import UserError
@@ -87,14 +88,15 @@ def build_recipe(cfg, accelerator) -> Recipe:
         source = load_source_dataset(cfg)
         labels, names = read_labels(source, cfg.label_column) if cfg.class_conditional else (None, None)
         dataset = decode_images(cfg, source, space.image_mode)
-        labels, names, prior = cluster_labels(cfg, dataset) if num_clusters(cfg) else (labels, names, None)
+        clusters = resolved_clusters(cfg, len(dataset))
+        labels, names, prior = cluster_labels(cfg, dataset, clusters) if clusters else (labels, names, None)
         space.prepare(dataset, device, DTYPES.get(accelerator.mixed_precision, torch.float32))
     unet = make_unet(cfg, architecture, space.size, channels=space.channels(dataset),
                      num_classes=len(names) if names else None)
     # for EDM: an EDMEulerScheduler, so sampling applies the same scalings; in latent space, no clipping
     scheduler = space.training_scheduler(noise_scheduler_for(cfg))
     objective = objective_for(cfg, scheduler)
-    snapshot = autoguidance_snapshot(cfg)  # unconditional models: autoguided by their earlier selves
+    snapshot = autoguidance_snapshot(cfg, clusters)  # unconditional models: autoguided by their earlier selves
     guidance = cfg.validation_guidance_scale if cfg.validation_guidance_scale is not None else \
         CLASS_GUIDANCE if names else AUTOGUIDANCE
     items = CachedLatents(space.latents) if space.latents is not None else dataset
@@ -170,12 +172,19 @@ def build_recipe(cfg, accelerator) -> Recipe:
     )
 
 
-def cluster_labels(cfg, dataset) -> tuple[list[int], list[str], list[int]]:
+def resolved_clusters(cfg, num_images: int) -> int:
+    """--num_clusters resolved for the data (num_clusters), refusing a count above the images, and --label_dropout
+    when unset clusters resolve to none (too few images) and nothing else uses it."""
+    k = num_clusters(cfg, num_images)
+    if k > num_images:
+        raise UserError(f"--num_clusters {k} is more than the {num_images} training images; pass fewer, or 0.")
+    if not k and not cfg.class_conditional and cfg.label_dropout != _default(type(cfg), "label_dropout"):
+        raise UserError(f"--label_dropout shapes a class or pixel-cluster model, and the {num_images} training images "
+                        f"are too few to cluster unasked ({MIN_CLUSTERED_IMAGES}): pass --num_clusters K or drop it.")
+    return k
+
+
+def cluster_labels(cfg, dataset, k: int) -> tuple[list[int], list[str], list[int]]:
     """The images' k-means clusters as class labels (clusters.py): ids, names, and sizes (what sampling draws by)."""
-    k = num_clusters(cfg)
-    if cfg.num_clusters is None:  # unset: about ten images a cluster at least, for small datasets
-        k = max(1, min(k, len(dataset) // 10))
-    elif k > len(dataset):
-        raise UserError(f"--num_clusters {k} is more than the {len(dataset)} training images; pass fewer, or 0.")
     ids, sizes = cluster_images(dataset, k, cfg.seed if cfg.seed is not None else 0)
     return ids, cluster_names(k), sizes

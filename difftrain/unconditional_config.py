@@ -8,30 +8,32 @@ from dataclasses import dataclass
 
 from .autoguidance import AUTOGUIDANCE, AUTOGUIDANCE_SNAPSHOT
 from .classes import CLASS_GUIDANCE
-from .clusters import CLUSTERS
+from .clusters import CLUSTERS, MIN_CLUSTERED_IMAGES
 from .config import TrainConfig, _default
 from .errors import UserError
 from .options import opt
 
 
-def num_clusters(cfg) -> int:
+def num_clusters(cfg, num_images: int | None = None) -> int:
     """--num_clusters as resolved: what the user said, else CLUSTERS for an unconditional pixel-space model from
-    scratch that asked for no autoguidance (a fresh default MNIST run: legible digits 88-90 → 95.5 %, README Quality),
-    else 0 (none)."""
+    scratch that asked for no autoguidance, trained on MIN_CLUSTERED_IMAGES or more (when `num_images` is known; a
+    fresh default MNIST run: legible digits 88-90 → 95.4 %, README Quality), else 0 (none)."""
     if cfg.num_clusters is not None:
         return cfg.num_clusters
     other = cfg.class_conditional or cfg.pretrained_model_name_or_path or cfg.vae_name_or_path or \
         cfg.autoguidance_snapshot
-    return 0 if other else CLUSTERS
+    small = num_images is not None and num_images < MIN_CLUSTERED_IMAGES
+    return 0 if other or small else CLUSTERS
 
 
-def autoguidance_snapshot(cfg) -> float:
+def autoguidance_snapshot(cfg, clusters: int | None = None) -> float:
     """--autoguidance_snapshot as resolved: what the user said, else AUTOGUIDANCE_SNAPSHOT for an unconditional model
-    from scratch without pixel clusters (a fresh MNIST run: legible digits 74 → 87 %, README Quality), else 0 (none)."""
+    from scratch without pixel clusters (`clusters`: their resolved number, when known; a fresh MNIST run: legible
+    digits 74 → 87 %, README Quality), else 0 (none)."""
     if cfg.autoguidance_snapshot is not None:
         return cfg.autoguidance_snapshot
-    return 0.0 if cfg.class_conditional or cfg.pretrained_model_name_or_path or num_clusters(cfg) else \
-        AUTOGUIDANCE_SNAPSHOT
+    clusters = num_clusters(cfg) if clusters is None else clusters
+    return 0.0 if cfg.class_conditional or cfg.pretrained_model_name_or_path or clusters else AUTOGUIDANCE_SNAPSHOT
 
 
 @dataclass
@@ -51,8 +53,8 @@ class UnconditionalConfig(TrainConfig):
         None, "Unconditional: group the training images into this many k-means clusters of their blurred pixels and "
         "train on the cluster ids as classes (no labels read), so sampling draws a cluster in proportion to its size "
         "and guides the image by it (classifier-free guidance, --validation_guidance_scale); 0: a plain DDPMPipeline. "
-        f"Unset: {CLUSTERS} from scratch in pixel space, unless --class_conditional or --autoguidance_snapshot; 0 "
-        "otherwise. The output loads in difftrain's ClassConditionalPipeline: pipe(num_images=4).")
+        f"Unset: {CLUSTERS} from scratch in pixel space on {MIN_CLUSTERED_IMAGES} images or more, unless "
+        "--class_conditional or --autoguidance_snapshot; 0 otherwise. The output loads in difftrain's ClassConditionalPipeline: pipe(num_images=4).")
     validation_guidance_scale: float | None = opt(
         None, "The guidance of the sample grids, and sample.py's default for the model: classifier-free guidance of a "
         f"class-conditional model (unset: {CLASS_GUIDANCE}), autoguidance of an unconditional one with a guide "

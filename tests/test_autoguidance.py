@@ -74,7 +74,7 @@ def test_the_snapshot_step_and_the_resolved_default():
     assert autoguidance_snapshot(parse(UnconditionalConfig, ["--pretrained_model_name_or_path", "x"])) == 0.0
     for bad, says in ((["--autoguidance_snapshot", "1"], "fraction of the run"),
                       (["--class_conditional", "--autoguidance_snapshot", "0.3"], "classifier-free guidance"),
-                      (["--autoguidance_snapshot", "0", "--validation_guidance_scale", "2"], "--class_conditional")):
+                      (["--autoguidance_snapshot", "0", "--num_clusters", "0", "--validation_guidance_scale", "2"], "--class_conditional")):
         with pytest.raises(UserError, match=says):
             parse(UnconditionalConfig, bad)
 

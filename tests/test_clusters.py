@@ -75,12 +75,21 @@ def test_num_clusters_resolves_and_refuses_what_does_not_fit():
             parse(UnconditionalConfig, bad)
 
 
-def test_unset_clusters_shrink_to_small_datasets_and_a_set_count_must_fit():
-    images, _ = bars(25)
-    ids, names, sizes = cluster_labels(UnconditionalConfig(seed=0), Decoded(images))
-    assert names == ["cluster-0", "cluster-1"] and sum(sizes) == 25 and len(ids) == 25  # 25 // 10 clusters
+def test_unset_clusters_need_enough_images_and_a_set_count_must_fit():
+    from difftrain.unconditional import resolved_clusters
+
+    assert resolved_clusters(UnconditionalConfig(), 1000) == 100 and resolved_clusters(UnconditionalConfig(), 999) == 0
+    assert autoguidance_snapshot(UnconditionalConfig(), clusters=0) > 0  # too few to cluster: autoguided instead
+    assert resolved_clusters(UnconditionalConfig(num_clusters=5), 64) == 5
     with pytest.raises(UserError, match="--num_clusters 30 is more than the 25 training images"):
-        cluster_labels(UnconditionalConfig(num_clusters=30), Decoded(images))
+        resolved_clusters(UnconditionalConfig(num_clusters=30), 25)
+    with pytest.raises(UserError, match="--label_dropout shapes a class or pixel-cluster model, and the 64"):
+        resolved_clusters(UnconditionalConfig(label_dropout=0.2), 64)
+    images, _ = bars(25)
+    ids, names, sizes = cluster_labels(UnconditionalConfig(seed=0), Decoded(images), 2)
+    assert names == ["cluster-0", "cluster-1"] and sum(sizes) == 25 and len(ids) == 25
+    same = np.repeat(images[:1], 5, axis=0)  # copies of one image: k-means still seeds (any copy)
+    assert sum(cluster_labels(UnconditionalConfig(seed=0), Decoded(same), 2)[2]) == 5
 
 
 @pytest.fixture(scope="module")

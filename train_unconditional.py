@@ -4,7 +4,9 @@
     accelerate launch train_unconditional.py [--config configs/mnist.yaml] [--any_flag value ...]
 
 Flags are those of diffusers' examples/unconditional_image_generation/train_unconditional.py;
-`--help` lists them all. The output folder loads with DDPMPipeline.from_pretrained(output_dir).
+`--help` lists them all. From scratch the model is conditioned on its own pixel clusters (--num_clusters; no labels
+read) and the output folder loads with difftrain's ClassConditionalPipeline (or plain diffusers with
+custom_pipeline="pipeline"); with --num_clusters 0, with DDPMPipeline.from_pretrained(output_dir).
 """
 
 import sys

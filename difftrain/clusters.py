@@ -74,3 +74,8 @@ def draw_clusters(sizes: list[int], seeds: list[int]) -> list[int]:
     p = np.asarray(sizes, dtype=np.float64)
     p /= p.sum()
     return [int(np.random.default_rng([seed, 0x5E1F]).choice(len(p), p=p)) for seed in seeds]
+
+
+def drawn_names(names: list[str], sizes: list[int], seeds: list[int]) -> list[str]:
+    """draw_clusters, as the clusters' names."""
+    return [names[k] for k in draw_clusters(sizes, seeds)]

@@ -47,7 +47,8 @@ NEEDS = {
                             (latents.decode, (text.TextEncoder, TEXT_ENCODER_MEMBERS), pipelines.sample_shape,
                              pipelines.TextToImagePipeline)),
     "ClassConditionalPipeline": ({"CLASS_GUIDANCE": classes.CLASS_GUIDANCE},
-                                 (errors.UserError, classes.label_ids, clusters.draw_clusters, pipelines.class_predictor,
+                                 (errors.UserError, classes.label_ids, clusters.draw_clusters, clusters.drawn_names,
+                                  pipelines.class_predictor,
                                   pipelines.class_names_of, pipelines.sample_shape, pipelines.ClassConditionalPipeline)),
 }
 

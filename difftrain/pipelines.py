@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from . import latents  # imported here: diffusers loads a vae/ of library "difftrain.latents" only once it is imported
 from .autoguidance import GUIDANCE_INTERVAL, guidance_interval
 from .classes import CLASS_GUIDANCE
-from .clusters import draw_clusters
+from .clusters import drawn_names
 from .data.images import to_uint8
 
 
@@ -257,12 +257,13 @@ class ClassConditionalPipeline(DiffusionPipeline):
     def __call__(self, class_labels: int | str | list | None = None, num_images: int = 1,
                  guidance_scale: float = CLASS_GUIDANCE, num_inference_steps: int = 50, seed: int = 0,
                  output_type: str = "pil"):
-        seeds = list(range(seed, seed + num_images))
         if class_labels is None:
             if not self.config.get("class_prior"):
                 raise ValueError("class_labels: name the classes to draw (pipe.class_names); this model has no "
                                  "class_prior to draw them from.")
-            class_labels = [self.class_names[k] for k in draw_clusters(self.config.class_prior, seeds)]
+            class_labels = drawn_names(self.class_names, self.config.class_prior, list(range(seed, seed + num_images)))
+        elif num_images != 1:
+            raise ValueError("num_images: with class_labels, one image is drawn per label; pass one or the other.")
         labels = class_labels if isinstance(class_labels, list) else [class_labels]
         predict, n = class_predictor(self.unet, labels, self.class_names, guidance_scale)
         x = generate(predict, self.scheduler, sample_shape(self.unet), list(range(seed, seed + n)),

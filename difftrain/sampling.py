@@ -79,9 +79,9 @@ def conditions(model: Model, cfg) -> list[str]:
 
 def drawn_classes(model: Model, seeds: list[int]) -> list[str]:
     """A pixel-cluster model's class for each seed, drawn by the clusters' training sizes (clusters.draw_clusters)."""
-    from .clusters import draw_clusters
+    from .clusters import drawn_names
 
-    return [model.class_names[k] for k in draw_clusters(model.class_prior, seeds)]
+    return drawn_names(model.class_names, model.class_prior, seeds)
 
 
 def check_conditioning(model: Model, prompts: list[str], cfg) -> None:

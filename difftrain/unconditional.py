@@ -1,8 +1,8 @@
 """The recipe of train_unconditional.py: UNet2DModel + DDPMScheduler on images, saved as a DDPMPipeline; with
 --class_conditional (or --num_clusters: the images' own k-means clusters as classes, the default from scratch), a
-UNet2DModel with class embeddings trained for classifier-free guidance, saved as a ClassConditionalPipeline; with --vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace,
-shared with text-to-image), saved as a LatentDiffusionPipeline, or as diffusers' LDMPipeline when unconditional in a
-VQModel's."""
+UNet2DModel with class embeddings trained for classifier-free guidance, saved as a ClassConditionalPipeline; with
+--vae_name_or_path, either of them in a frozen VAE's latent space (latents.DenoisingSpace, shared with text-to-image),
+saved as a LatentDiffusionPipeline, or as diffusers' LDMPipeline when unconditional in a VQModel's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from diffusers import DDPMPipeline, LDMPipeline, UNet2DModel, VQModel
 
 from .autoguidance import AUTOGUIDANCE, load_guide, scale_for_sampler
 from .classes import CLASS_GUIDANCE, LabelledImages, drop_labels, read_labels
-from .clusters import MIN_CLUSTERED_IMAGES, cluster_images, cluster_names, draw_clusters
+from .clusters import MIN_CLUSTERED_IMAGES, cluster_images, cluster_names, drawn_names
 from .config import _default
 from .unconditional_config import autoguidance_snapshot, num_clusters
 from .data import decode_images, load_source_dataset
@@ -125,7 +125,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
             return image_grid(generate_images(model, list(range(cfg.eval_batch_size))))
         if prior is not None:  # clusters drawn as sampling draws them
             seeds = list(range(cfg.eval_batch_size))
-            return image_grid(generate_images(model, seeds, [names[k] for k in draw_clusters(prior, seeds)]))
+            return image_grid(generate_images(model, seeds, drawn_names(names, prior, seeds)))
         columns = names[:10]
         shown = [c for _ in range(-(-cfg.eval_batch_size // len(columns))) for c in columns]
         return image_grid(generate_images(model, list(range(len(shown))), shown), cols=len(columns))
@@ -161,7 +161,7 @@ def build_recipe(cfg, accelerator) -> Recipe:
         "DDPMPipeline" if names is None else "ClassConditionalPipeline",
         save_frozen=save_frozen if vae is not None else None,
         scheduler=scheduler,
-        eval_prompts=names if prior is None else [names[k] for k in draw_clusters(prior, range(cfg.eval_num_samples))],
+        eval_prompts=names if prior is None else drawn_names(names, prior, list(range(cfg.eval_num_samples))),
         eval_classifier=cfg.eval_classifier,
         autoguidance_snapshot=snapshot,
         resolved={"prediction_type": scheduler.config.prediction_type, "autoguidance_snapshot": snapshot,
@@ -173,14 +173,20 @@ def build_recipe(cfg, accelerator) -> Recipe:
 
 
 def resolved_clusters(cfg, num_images: int) -> int:
-    """--num_clusters resolved for the data (num_clusters), refusing a count above the images, and --label_dropout
-    when unset clusters resolve to none (too few images) and nothing else uses it."""
+    """--num_clusters resolved for the data (num_clusters), refusing a count above the images, and the flags of a
+    class model that nothing uses once unset clusters resolve to none (too few images; the config's own check
+    assumed enough)."""
     k = num_clusters(cfg, num_images)
     if k > num_images:
         raise UserError(f"--num_clusters {k} is more than the {num_images} training images; pass fewer, or 0.")
-    if not k and not cfg.class_conditional and cfg.label_dropout != _default(type(cfg), "label_dropout"):
-        raise UserError(f"--label_dropout shapes a class or pixel-cluster model, and the {num_images} training images "
-                        f"are too few to cluster unasked ({MIN_CLUSTERED_IMAGES}): pass --num_clusters K or drop it.")
+    if not k and not cfg.class_conditional:
+        unused = ["--label_dropout"] if cfg.label_dropout != _default(type(cfg), "label_dropout") else []
+        if cfg.validation_guidance_scale is not None and not autoguidance_snapshot(cfg, clusters=0):
+            unused.append("--validation_guidance_scale")
+        if unused:
+            raise UserError(f"{', '.join(unused)} shape(s) a class-conditional (--class_conditional) or pixel-cluster "
+                            f"model, and the {num_images} training images are too few to cluster unasked "
+                            f"({MIN_CLUSTERED_IMAGES}): pass --class_conditional or --num_clusters K, or drop them.")
     return k
 
 

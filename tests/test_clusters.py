@@ -83,7 +83,7 @@ def test_unset_clusters_need_enough_images_and_a_set_count_must_fit():
     assert resolved_clusters(UnconditionalConfig(num_clusters=5), 64) == 5
     with pytest.raises(UserError, match="--num_clusters 30 is more than the 25 training images"):
         resolved_clusters(UnconditionalConfig(num_clusters=30), 25)
-    with pytest.raises(UserError, match="--label_dropout shapes a class or pixel-cluster model, and the 64"):
+    with pytest.raises(UserError, match="--label_dropout shape\\(s\\) a class-conditional .* and the 64"):
         resolved_clusters(UnconditionalConfig(label_dropout=0.2), 64)
     images, _ = bars(25)
     ids, names, sizes = cluster_labels(UnconditionalConfig(seed=0), Decoded(images), 2)
@@ -118,6 +118,8 @@ def test_a_clustered_run_writes_a_pipeline_that_draws_its_clusters(tiny_cluster_
     assert np.array_equal(plain(num_images=2, num_inference_steps=3, output_type="np").images, ours)
     # asked by name, a cluster is drawn as asked; a model without a prior needs names
     assert pipe(class_labels=["cluster-2"], num_inference_steps=3, output_type="np").images.shape[0] == 1
+    with pytest.raises(ValueError, match="num_images: with class_labels, one image is drawn per label"):
+        pipe(class_labels=["cluster-2"], num_images=2, num_inference_steps=3)
 
 
 def test_sample_py_draws_clusters_by_size_unless_told(tiny_cluster_run, tmp_path):

@@ -232,9 +232,8 @@ def load_model(model: str, *, use_ema: bool = True, device="cpu", dtype: torch.d
     loaded = Model(unet=unet, scheduler_config=training_scheduler_config(scheduler_folder), path=folder.resolve(),
                    weights=weights, samples_dir=samples_dir, encode_prompts=_prompt_encoder(run, device, dtype),
                    vae=_latent_vae(run, device, dtype), guidance_scale=_trained_guidance(run),
-                   class_names=_class_names(unet, folder, run),
-                   class_prior=_saved_class_entry(folder, run, "class_prior") if unet.config.get("num_class_embeds")
-                   else None,
+                   class_names=(names := _class_names(unet, folder, run)),
+                   class_prior=_saved_class_entry(folder, run, "class_prior") if names is not None else None,
                    # a pipeline folder's guide; a checkpoint-N/ may predate its run's guide, so it samples unguided
                    guide=load_guide(folder, unet) if folder == run else None)
     if loaded.class_names is not None:  # names → class ids; "" (the unconditional half of guidance) → "no class"

@@ -57,13 +57,13 @@ class UnconditionalConfig(TrainConfig):
         "--class_conditional or --autoguidance_snapshot; 0 otherwise. The output loads in difftrain's ClassConditionalPipeline: pipe(num_images=4).")
     validation_guidance_scale: float | None = opt(
         None, "The guidance of the sample grids, and sample.py's default for the model: classifier-free guidance of a "
-        f"class-conditional model (unset: {CLASS_GUIDANCE}), autoguidance of an unconditional one with a guide "
+        f"class-conditional or pixel-cluster model (unset: {CLASS_GUIDANCE}), autoguidance of an unconditional one with a guide "
         f"(--autoguidance_snapshot; unset: {AUTOGUIDANCE}).")
     autoguidance_snapshot: float | None = opt(
         None, "Unconditional: the fraction of the run at which the shipping (EMA) weights are kept as guide_unet/, the "
         "weaker version of the model that autoguidance steers away from (sample.py --guidance_scale); 0: none. "
-        f"Unset: {AUTOGUIDANCE_SNAPSHOT} from scratch with --num_clusters 0, else 0; class and pixel-cluster models "
-        "have classifier-free guidance instead.")
+        f"Unset: {AUTOGUIDANCE_SNAPSHOT} from scratch without pixel clusters (--num_clusters 0, or fewer than "
+        f"{MIN_CLUSTERED_IMAGES} images), else 0; class and pixel-cluster models have classifier-free guidance instead.")
     eval_classifier: str | None = opt(None, "Class-conditional, with --eval_steps: a classifier folder (evaluate.py "
                                       "train-classifier); logs the fraction of samples of class k read as class k.")
     vae_name_or_path: str | None = opt(
